@@ -1,0 +1,80 @@
+"""vmrt's own configuration: built-in defaults, overridden by a TOML file.
+
+The file is /etc/vmrt/config.toml unless VMRT_CONFIG names another. Every key
+has a default that works on a fresh machine, so no file is needed at all.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from vmrt.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = "/etc/vmrt/config.toml"
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("VMRT_CACHE_DIR")
+    if env:
+        return Path(env)
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("vmrt"))
+
+
+@dataclass(frozen=True)
+class Config:
+    qemu: str = "/usr/bin/qemu-system-x86_64"
+    virtiofsd: str = "/usr/lib/qemu/virtiofsd"
+    accel: str = "auto"  # auto | kvm | tcg
+    machine: str = "q35"
+    vcpus: int = 1
+    memory_mib: int = 512
+    hotplug_slots: int = 8
+    tb_size_mib: int = 64
+    kernel: str = ""  # empty: the built image's kernel
+    initrd: str = ""  # empty: the built image's initrd
+    cache_dir: str = ""  # empty: the user cache dir
+    boot_timeout_s: float = 30.0
+    request_timeout_s: float = 30.0
+    debug_console: bool = False
+    sandbox_qemu: bool = True
+    source: dict[str, str] = field(default_factory=dict, compare=False)
+
+    @property
+    def cache_path(self) -> Path:
+        return Path(self.cache_dir) if self.cache_dir else default_cache_dir()
+
+
+_TYPES: dict[str, type] = {k: v for k, v in get_type_hints(Config).items() if k != "source"}
+
+
+def load(path: str | None = None) -> Config:
+    """Read the config file, checking every key and type; unknown keys are errors."""
+    path = path or os.environ.get("VMRT_CONFIG") or DEFAULT_CONFIG_PATH
+    cfg = Config(source={f.name: "default" for f in fields(Config) if f.name != "source"})
+    try:
+        with open(path, "rb") as f:
+            data: dict[str, Any] = tomllib.load(f)
+    except FileNotFoundError:
+        return cfg
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"config {path}: {exc}") from exc
+    changes: dict[str, Any] = {}
+    for key, value in data.items():
+        want = _TYPES.get(key)
+        if want is None:
+            raise ConfigError(f"config {path}: unknown key {key!r}")
+        if want is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, want) or (want is int and isinstance(value, bool)):
+            raise ConfigError(f"config {path}: {key} must be {want.__name__}")
+        changes[key] = value
+    if changes.get("accel", cfg.accel) not in ("auto", "kvm", "tcg"):
+        raise ConfigError(f"config {path}: accel must be auto, kvm or tcg")
+    source = dict(cfg.source) | {k: path for k in changes}
+    return replace(cfg, **changes, source=source)

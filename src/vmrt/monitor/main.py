@@ -1,0 +1,366 @@
+"""The sandbox monitor: one process per pod VM, the sole owner of QMP and the agent port.
+
+It is exec'd detached by `vmrt create`, boots QEMU, waits for the agent's
+hello, then serves CLI calls and shims on `monitor.sock` until the sandbox
+is shut down or QEMU dies. When QEMU dies, every process still running in
+the VM is reported to its shim as killed (SIGKILL), so no client waits on a
+workload that is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import signal
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+from vmrt import log, protocol
+from vmrt.config import Config
+from vmrt.errors import MonitorError, SandboxError, VMLaunchError, VmrtError
+from vmrt.monitor import shares
+from vmrt.monitor.agent_link import AgentLink
+from vmrt.monitor.channels import ProcessChannel
+from vmrt.paths import Root, SandboxDir
+from vmrt.protocol import ExitStatus, FrameType
+from vmrt.state.model import Device, ProcessRef
+from vmrt.state.store import Store
+from vmrt.util.proc import start_time
+from vmrt.util.sockets import bind_unix
+from vmrt.vm import cmdline, qemu
+from vmrt.vm.qmp import QMP
+
+
+@dataclass(frozen=True)
+class MonitorArgs:
+    root: Root
+    sandbox_id: str
+    name: str
+    kernel: str
+    initrd: str
+    kernel_cmdline: tuple[str, ...]
+    accel: str
+    config: Config
+
+
+@dataclass
+class ContainerEntry:
+    id: str
+    channel: ProcessChannel
+    share: shares.Share
+    guest_pid: int
+
+
+class Monitor:
+    def __init__(self, args: MonitorArgs) -> None:
+        self.args = args
+        self.cfg = args.config
+        self.sbdir: SandboxDir = args.root.sandbox(args.sandbox_id)
+        self.store = Store(args.root)
+        self.log = log.Logger(str(self.sbdir.monitor_log), "json", True,
+                              {"sandbox": args.sandbox_id})
+        self.qmp = QMP(f"vmrt-{args.sandbox_id}")
+        self.agent: AgentLink | None = None
+        self.qemu: Any = None
+        self.containers: dict[str, ContainerEntry] = {}
+        self.channels: dict[int, ProcessChannel] = {}
+        self.done = asyncio.Event()
+        self.device_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # --- boot ----------------------------------------------------------------
+
+    async def boot(self) -> None:
+        (qmp_host, qmp_vm), (agent_host, agent_vm) = qemu.socket_pairs()
+        nonce = secrets.token_hex(16)
+        vm = cmdline.VMSpec(
+            name=self.args.sandbox_id[:32], qemu=self.cfg.qemu, accel=self.args.accel,
+            machine=self.cfg.machine, vcpus=self.cfg.vcpus, memory_mib=self.cfg.memory_mib,
+            kernel=self.args.kernel, initrd=self.args.initrd,
+            kernel_cmdline=(*self.args.kernel_cmdline, f"vmrt.nonce={nonce}"),
+            qmp_fd=qmp_vm.fileno(), agent_fd=agent_vm.fileno(),
+            console_log=str(self.sbdir.console_log), hotplug_slots=self.cfg.hotplug_slots,
+            tb_size_mib=self.cfg.tb_size_mib, sandbox=self.cfg.sandbox_qemu)
+        argv = cmdline.build(vm)
+        self.log.info("launching qemu", argv=argv)
+        self.qemu = qemu.launch(argv, qemu_fds=[qmp_vm.fileno(), agent_vm.fileno()],
+                                log=self.sbdir.qemu_log)
+        qmp_vm.close()
+        agent_vm.close()
+        self._watch_qemu(self.qemu.pid)
+        self.agent = AgentLink(agent_host, self._on_agent_event, self._on_agent_close)
+        await self.agent.start()
+        try:
+            await self.qmp.connect(qmp_host)
+            await self.agent.wait_hello(nonce, self.cfg.boot_timeout_s)
+        except VmrtError as exc:
+            tail = qemu.QemuProcess(self.qemu, qmp_host, agent_host, self.sbdir.qemu_log).log_tail()
+            raise VMLaunchError(f"{exc}{': ' + tail if tail else ''}") from exc
+
+    def _watch_qemu(self, pid: int) -> None:
+        pidfd = os.pidfd_open(pid)
+        loop = asyncio.get_running_loop()
+
+        def gone() -> None:
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+            self.log.warning("qemu exited", code=self.qemu.poll())
+            self._vm_gone("the VM exited")
+
+        loop.add_reader(pidfd, gone)
+
+    def _vm_gone(self, reason: str) -> None:
+        for ch in self.channels.values():
+            ch.exit(ExitStatus(signal=signal.SIGKILL))
+        self.done.set()
+
+    def _on_agent_close(self) -> None:
+        if not self.done.is_set():
+            self.log.warning("agent link closed")
+            self._vm_gone("the guest agent went away")
+
+    def _on_agent_event(self, msg: dict[str, Any]) -> None:
+        if msg.get("event") == "exit":
+            channel = msg.get("channel")
+            try:
+                status = ExitStatus.parse(msg.get("status"))
+            except protocol.ProtocolError as exc:
+                self.log.warning("bad exit event from the guest", error=str(exc))
+                return
+            ch = self.channels.get(channel) if isinstance(channel, int) else None
+            if ch is not None:
+                ch.exit(status)
+        else:
+            self.log.debug("agent event", event=msg)
+
+    def _send_agent(self, data: bytes) -> None:
+        assert self.agent is not None
+        self.agent.send(data)
+
+    # --- requests ------------------------------------------------------------
+
+    async def serve(self, ready_fd: int) -> None:
+        listener = bind_unix(self.sbdir.monitor_sock)
+        server = await asyncio.start_unix_server(self._session, sock=listener)
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        pid = os.getpid()
+        self.store.update_sandbox(self.args.sandbox_id, lambda s: replace(
+            s, monitor=ProcessRef(pid, start_time(pid) or 0),
+            qemu=ProcessRef(self.qemu.pid, start_time(self.qemu.pid) or 0),
+            accel=self.args.accel, vcpus=self.cfg.vcpus, memory_mib=self.cfg.memory_mib,
+            created=s.created or now))
+        _report(ready_fd, {"ok": True, "monitor_pid": pid, "qemu_pid": self.qemu.pid})
+        async with server:
+            await self.done.wait()
+
+    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        decoder = protocol.Decoder()
+        attached: ProcessChannel | None = None
+        try:
+            while data := await reader.read(65536):
+                for frame in decoder.feed(data):
+                    if frame.type is FrameType.REQUEST:
+                        req = protocol.Request.parse(frame.json())
+                        if req.op == "attach":
+                            attached = self._attach(req, writer)
+                            continue
+                        self._spawn(self._handle(req, writer))
+                    elif attached is not None:
+                        attached.from_shim(frame)
+                    else:
+                        raise protocol.ProtocolError(f"unexpected {frame.type.name} frame")
+        except (protocol.ProtocolError, ConnectionError, SandboxError) as exc:
+            self.log.warning("session dropped", error=str(exc))
+        finally:
+            if attached is not None:
+                attached.detach()
+                if attached.exit_status is None and not self.done.is_set():
+                    # The shim is the container for its caller; with it gone nobody can
+                    # reap the workload, so it must not outlive it (cc-shim's watcher rule).
+                    self.log.warning("shim went away; killing its process",
+                                     container=attached.container_id)
+                    self._spawn(self._kill_quietly(attached.container_id))
+            writer.close()
+
+    def _attach(self, req: protocol.Request, writer: asyncio.StreamWriter) -> ProcessChannel:
+        cid = protocol.get_str(req.args, "id")
+        entry = self.containers.get(cid)
+        if entry is None:
+            writer.write(protocol.response_error(req.id, "container does not exist", "not_found"))
+            raise SandboxError(f"attach to unknown container {cid}")
+        writer.write(protocol.response_ok(req.id, {"channel": entry.channel.channel}))
+        entry.channel.attach(writer)
+        return entry.channel
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _handle(self, req: protocol.Request, writer: asyncio.StreamWriter) -> None:
+        try:
+            result = await self._dispatch(req)
+            writer.write(protocol.response_ok(req.id, result))
+        except MonitorError as exc:
+            writer.write(protocol.response_error(req.id, str(exc), exc.kind))
+        except (VmrtError, protocol.ProtocolError) as exc:
+            writer.write(protocol.response_error(req.id, str(exc)))
+        except Exception as exc:  # a bug must answer the caller, not hang it
+            self.log.error("request failed", op=req.op, error=repr(exc))
+            writer.write(protocol.response_error(req.id, f"internal error: {exc!r}"))
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+
+    async def _dispatch(self, req: protocol.Request) -> dict[str, Any]:
+        args = req.args
+        timeout = self.cfg.request_timeout_s
+        match req.op:
+            case "ping":
+                return {}
+            case "create_container":
+                return await self._create(args)
+            case "start_container" | "kill_container" | "state_container":
+                cid = protocol.get_str(args, "id")
+                self._require(cid)
+                assert self.agent is not None
+                return await self.agent.call(req.op, timeout=timeout, **args)
+            case "delete_container":
+                return await self._delete(protocol.get_str(args, "id"),
+                                          protocol.get_bool(args, "force"))
+            case "shutdown":
+                self._spawn(self.shutdown())
+                return {}
+            case "info":
+                return {"containers": sorted(self.containers), "qemu_pid": self.qemu.pid}
+            case _:
+                raise MonitorError(f"unknown request {req.op!r}", "invalid")
+
+    def _require(self, cid: str) -> ContainerEntry:
+        entry = self.containers.get(cid)
+        if entry is None:
+            raise MonitorError("container does not exist", "not_found")
+        return entry
+
+    async def _create(self, args: dict[str, Any]) -> dict[str, Any]:
+        cid = protocol.get_str(args, "id")
+        if cid in self.containers:
+            raise MonitorError("container with given ID already exists", "exists")
+        spec = protocol.get_dict(args, "spec")
+        rootfs = protocol.get_str(args, "rootfs")
+        binds = [shares.BindSource(protocol.get_str(b, "name"), protocol.get_str(b, "source"))
+                 for b in args.get("binds", [])]
+        terminal = protocol.get_bool(args, "terminal")
+        assert self.agent is not None
+        async with self.device_lock:
+            state = self.store.load_sandbox(self.args.sandbox_id)
+            used = {d.slot for d in state.devices}
+            slot = next((s for s in range(self.cfg.hotplug_slots) if s not in used), None)
+            if slot is None:
+                raise MonitorError(f"no free hot-plug slot in the VM ({self.cfg.hotplug_slots} used)")
+            channel_no = state.next_channel
+            share = await shares.plug(self.qmp, self.sbdir, self.cfg.virtiofsd, cid, slot,
+                                      rootfs, binds, self.sbdir.path / "virtiofsd.log")
+            device = Device(share.device_id, "virtiofs", slot, cid,
+                            ProcessRef(share.virtiofsd.pid, start_time(share.virtiofsd.pid) or 0))
+            self.store.update_sandbox(self.args.sandbox_id, lambda s: replace(
+                s, devices=(*s.devices, device), next_channel=max(s.next_channel, channel_no + 1)))
+        channel = ProcessChannel(cid, channel_no, self._send_agent)
+        self.channels[channel_no] = channel
+        self.agent.register_channel(channel_no, channel.from_agent)
+        try:
+            result = await self.agent.call(
+                "create_container", timeout=self.cfg.request_timeout_s, id=cid,
+                channel=channel_no, share_tag=share.tag, spec=spec, terminal=terminal)
+        except BaseException:
+            self.agent.unregister_channel(channel_no)
+            del self.channels[channel_no]
+            await self._unplug(share)
+            raise
+        pid = result.get("pid")
+        self.containers[cid] = ContainerEntry(cid, channel, share, pid if isinstance(pid, int) else 0)
+        return {"channel": channel_no, "guest_pid": self.containers[cid].guest_pid}
+
+    async def _unplug(self, share: shares.Share) -> None:
+        async with self.device_lock:
+            try:
+                await shares.unplug(self.qmp, share)
+            finally:
+                self.store.update_sandbox(self.args.sandbox_id, lambda s: replace(
+                    s, devices=tuple(d for d in s.devices if d.id != share.device_id)))
+
+    async def _delete(self, cid: str, force: bool) -> dict[str, Any]:
+        entry = self._require(cid)
+        assert self.agent is not None
+        await self.agent.call("delete_container", timeout=self.cfg.request_timeout_s,
+                              id=cid, force=force)
+        self.agent.unregister_channel(entry.channel.channel)
+        self.channels.pop(entry.channel.channel, None)
+        del self.containers[cid]
+        await self._unplug(entry.share)
+        return {}
+
+    async def _kill_quietly(self, cid: str) -> None:
+        with contextlib.suppress(VmrtError):
+            assert self.agent is not None
+            await self.agent.call("kill_container", timeout=5, id=cid,
+                                  signal=int(signal.SIGKILL), all=True)
+
+    # --- teardown ------------------------------------------------------------
+
+    async def shutdown(self) -> None:
+        self.log.info("shutting down")
+        self.done.set()
+
+    async def teardown(self) -> None:
+        """Stop QEMU (quit, then SIGKILL) and every virtiofsd; remove the sockets."""
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(3):
+                await self.qmp.quit()
+        if self.qemu is not None and self.qemu.poll() is None:
+            self.qemu.kill()
+        if self.qemu is not None:
+            await asyncio.to_thread(self.qemu.wait)
+        for entry in self.containers.values():
+            entry.share.virtiofsd.kill()
+            await asyncio.to_thread(entry.share.virtiofsd.wait)
+            shares._unstage(entry.share.staging)
+        if self.agent is not None:
+            await self.agent.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.sbdir.monitor_sock.unlink()
+        with contextlib.suppress(VmrtError, OSError):
+            self.store.update_sandbox(self.args.sandbox_id, lambda s: replace(s, devices=()))
+
+
+def _report(fd: int, msg: dict[str, Any]) -> None:
+    if fd < 0:
+        return
+    with contextlib.suppress(OSError):
+        os.write(fd, (json.dumps(msg) + "\n").encode())
+        os.close(fd)
+
+
+async def _main(args: MonitorArgs, ready_fd: int) -> int:
+    mon = Monitor(args)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        loop.add_signal_handler(sig, mon.done.set)
+    try:
+        await mon.boot()
+        await mon.serve(ready_fd)
+        return 0
+    except (VmrtError, OSError) as exc:
+        mon.log.error("monitor failed", error=str(exc))
+        _report(ready_fd, {"ok": False, "error": str(exc)})
+        return 1
+    finally:
+        await mon.teardown()
+
+
+def run(args: MonitorArgs, ready_fd: int) -> int:
+    return asyncio.run(_main(args, ready_fd))
+

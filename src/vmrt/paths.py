@@ -1,0 +1,94 @@
+"""Every path vmrt keeps under --root, in one place.
+
+    <root>/containers/<id>/state.json      one container (and its lock)
+    <root>/sandboxes/<sb>/sandbox.json     one pod VM (and its lock)
+    <root>/sandboxes/<sb>/monitor.sock     the monitor's request socket
+    <root>/sandboxes/<sb>/{qmp,agent}.sock QEMU's sockets, owned by the monitor
+    <root>/sandboxes/<sb>/{console,qemu,monitor}.log
+    <root>/sandboxes/<sb>/shares/<id>/     staging dir of a container's virtio-fs share
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_ROOT = "/run/vmrt"
+
+
+@dataclass(frozen=True)
+class ContainerDir:
+    path: Path
+
+    @property
+    def state(self) -> Path:
+        return self.path / "state.json"
+
+
+@dataclass(frozen=True)
+class SandboxDir:
+    path: Path
+
+    @property
+    def state(self) -> Path:
+        return self.path / "sandbox.json"
+
+    @property
+    def monitor_sock(self) -> Path:
+        return self.path / "monitor.sock"
+
+    @property
+    def qmp_sock(self) -> Path:
+        return self.path / "qmp.sock"
+
+    @property
+    def agent_sock(self) -> Path:
+        return self.path / "agent.sock"
+
+    @property
+    def console_log(self) -> Path:
+        return self.path / "console.log"
+
+    @property
+    def qemu_log(self) -> Path:
+        return self.path / "qemu.log"
+
+    @property
+    def monitor_log(self) -> Path:
+        return self.path / "monitor.log"
+
+    def share(self, container_id: str) -> Path:
+        return self.path / "shares" / container_id
+
+    def virtiofs_sock(self, container_id: str) -> Path:
+        return self.path / "shares" / f"{container_id}.vfs.sock"
+
+
+@dataclass(frozen=True)
+class Root:
+    path: Path
+
+    @classmethod
+    def at(cls, root: str) -> Root:
+        return cls(Path(os.path.abspath(root)))
+
+    @property
+    def containers(self) -> Path:
+        return self.path / "containers"
+
+    @property
+    def sandboxes(self) -> Path:
+        return self.path / "sandboxes"
+
+    def container(self, container_id: str) -> ContainerDir:
+        return ContainerDir(self.containers / container_id)
+
+    def sandbox(self, sandbox_id: str) -> SandboxDir:
+        return SandboxDir(self.sandboxes / sandbox_id)
+
+    def ensure(self) -> None:
+        """Create the root 0700: it holds sockets that drive VMs as root."""
+        for d in (self.path, self.containers, self.sandboxes):
+            d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.path, 0o700)

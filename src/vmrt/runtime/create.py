@@ -1,0 +1,105 @@
+"""`create`: the container exists in the guest, its program not yet run; the shim is its pid.
+
+Every acquisition registers its undo where it is made (an ExitStack), so a
+failure at any step leaves no VM, share, shim or state file behind; only a
+successful create commits (pop_all) and writes the pid file, last, as runc does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from vmrt import ids, oci
+from vmrt.errors import ConfigError, InvalidArgumentError, SandboxError
+from vmrt.oci import Role
+from vmrt.runtime import guestspec
+from vmrt.runtime import sandbox as sandboxes
+from vmrt.runtime.console import send_console
+from vmrt.runtime.context import Context
+from vmrt.state.model import ContainerState, ProcessRef, SandboxState, Status
+from vmrt.state.store import atomic_write
+from vmrt.util.proc import kill_quietly, start_time
+
+
+@dataclass(frozen=True)
+class CreateOptions:
+    id: str
+    bundle: str
+    pid_file: str | None = None
+    console_socket: str | None = None
+    no_pivot: bool = False
+    no_new_keyring: bool = False
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S.000000000Z", time.gmtime())
+
+
+def _me() -> ProcessRef:
+    pid = os.getpid()
+    return ProcessRef(pid, start_time(pid) or 0)
+
+
+def create(ctx: Context, opts: CreateOptions) -> int:
+    """Create the container; return the shim's pid."""
+    ids.validate_id(opts.id)
+    spec = oci.load(opts.bundle)
+    if spec.pod.role is Role.CONTAINER:
+        raise ConfigError("joining a pod sandbox is not supported by this vmrt yet")
+    if spec.terminal and not opts.console_socket:
+        raise InvalidArgumentError(
+            "cannot allocate tty if runc will detach without setting console socket")
+    store = ctx.store
+    store.reserve_container(opts.id)
+    with contextlib.ExitStack() as undo:
+        undo.callback(store.remove_container, opts.id)
+        with store.lock_container(opts.id):
+            state = ContainerState(
+                id=opts.id, bundle=str(spec.bundle), sandbox=opts.id, role=spec.pod.role.value,
+                status=Status.CREATING, created=_now(), annotations=dict(spec.annotations),
+                creator=_me())
+            store.save_container(state)
+            shim_pid, channel = _create_in_vm(ctx, spec, opts, undo)
+            if opts.pid_file:
+                atomic_write(Path(os.path.abspath(opts.pid_file)), str(shim_pid).encode(), 0o644)
+            store.save_container(replace(
+                state, status=Status.CREATED, channel=channel,
+                shim=ProcessRef(shim_pid, start_time(shim_pid) or 0)))
+        undo.pop_all()
+    return shim_pid
+
+
+def _create_in_vm(ctx: Context, spec: oci.Spec, opts: CreateOptions,
+                  undo: contextlib.ExitStack) -> tuple[int, int]:
+    from vmrt.shim.main import ShimSpec, spawn
+
+    store = ctx.store
+    sandbox_id = opts.id
+    store.create_sandbox_dir(sandbox_id)
+    undo.callback(sandboxes.destroy, ctx, sandbox_id)
+    store.save_sandbox(SandboxState(id=sandbox_id, name=spec.pod.name or sandbox_id,
+                                    created=_now(), members=(opts.id,)))
+    sandboxes.boot(ctx, store.load_sandbox(sandbox_id))
+    gspec = guestspec.build(spec, opts.id)
+    with sandboxes.monitor(ctx, sandbox_id) as mon:
+        result = mon.call("create_container", id=opts.id, spec=gspec.spec,
+                          rootfs=str(spec.rootfs), terminal=spec.terminal,
+                          binds=[{"name": b.name, "source": b.source} for b in gspec.binds])
+    channel = int(result.get("channel", 0))
+    tty_fd = None
+    if spec.terminal:
+        assert opts.console_socket is not None
+        tty_fd = send_console(opts.console_socket)
+    try:
+        shim_pid = spawn(ShimSpec(opts.id, ctx.root.sandbox(sandbox_id).monitor_sock, tty_fd))
+    except OSError as exc:
+        raise SandboxError(f"cannot start the container's shim: {exc}") from exc
+    finally:
+        if tty_fd is not None:
+            os.close(tty_fd)
+    undo.callback(kill_quietly, shim_pid)
+    return shim_pid, channel

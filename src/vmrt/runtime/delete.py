@@ -1,0 +1,51 @@
+"""`delete`: forget a stopped container, and its VM when it was the VM's last member.
+
+With --force it stops a live one first; and it always finishes the job,
+even when the monitor is dead: what cannot be asked to stop is killed by
+pid and start time, and the state goes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import time
+
+from vmrt.errors import MonitorError, StateTransitionError, VmrtError
+from vmrt.runtime import sandbox as sandboxes
+from vmrt.runtime.context import Context
+from vmrt.state import status
+from vmrt.state.model import ContainerState, Status
+from vmrt.util.proc import kill_quietly
+
+STOP_WAIT_S = 10.0
+
+
+def delete(ctx: Context, container_id: str, *, force: bool = False) -> None:
+    store = ctx.store
+    with store.lock_container(container_id):
+        state = store.load_container(container_id)
+        current = status.current(state)
+        if current is not Status.STOPPED:
+            if not force:
+                raise StateTransitionError(
+                    f"cannot delete container {container_id} that is not stopped: {current.value}")
+            _stop(ctx, state)
+        with contextlib.suppress(VmrtError, OSError), sandboxes.monitor(ctx, state.sandbox) as mon:
+            mon.call("delete_container", id=container_id, force=True)
+        if state.sandbox == container_id:
+            sandboxes.destroy(ctx, state.sandbox)
+        store.remove_container(container_id)
+
+
+def _stop(ctx: Context, state: ContainerState) -> None:
+    try:
+        with sandboxes.monitor(ctx, state.sandbox) as mon:
+            mon.call("kill_container", id=state.id, signal=int(signal.SIGKILL), all=True)
+    except MonitorError:
+        pass  # a dead VM has no process left to stop; the shim goes below
+    deadline = time.monotonic() + STOP_WAIT_S
+    while state.shim and state.shim.alive() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if state.shim and state.shim.alive():
+        kill_quietly(state.shim.pid, signal.SIGKILL)

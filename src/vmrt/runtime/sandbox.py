@@ -1,0 +1,72 @@
+"""Pod VMs: boot one through a new monitor, and bring one down whatever state it is in."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import time
+
+from vmrt.errors import MonitorError, NotFoundError, VmrtError
+from vmrt.monitor.client import MonitorClient
+from vmrt.runtime.context import Context
+from vmrt.state.model import ProcessRef, SandboxState
+from vmrt.util.proc import kill_quietly
+
+SHUTDOWN_GRACE_S = 5.0
+
+
+def boot(ctx: Context, state: SandboxState) -> None:
+    """Spawn the sandbox's monitor and return once the guest agent said hello."""
+    from vmrt.image import ensure_image
+    from vmrt.monitor import spawn
+    from vmrt.vm.accel import probe
+
+    cfg = ctx.config
+    image = ensure_image(cfg)
+    accel = probe(cfg.accel).accel
+    spawn.spawn(ctx.root, state.id, name=state.name, kernel=image.kernel, initrd=image.initrd,
+                kernel_cmdline=image.cmdline, accel=accel, config_path=ctx.config_path,
+                timeout=cfg.boot_timeout_s + 15)
+
+
+def monitor(ctx: Context, sandbox_id: str) -> MonitorClient:
+    sb = ctx.store.load_sandbox(sandbox_id)
+    if sb.monitor is None or not sb.monitor.alive():
+        raise MonitorError(f"the VM of sandbox {sandbox_id} is not running", "unreachable")
+    return MonitorClient(ctx.root.sandbox(sandbox_id).monitor_sock)
+
+
+def _wait_gone(refs: list[ProcessRef], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while any(r.alive() for r in refs):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def destroy(ctx: Context, sandbox_id: str) -> None:
+    """Stop the VM and everything it owns, then forget it; works with the monitor dead.
+
+    The monitor is asked first (it unplugs cleanly and quits QEMU); whatever is
+    still alive after the grace period — or when the monitor cannot be reached —
+    is killed by pid *and* start time from the sandbox state.
+    """
+    try:
+        state = ctx.store.load_sandbox(sandbox_id)
+    except NotFoundError:
+        ctx.store.remove_sandbox(sandbox_id)
+        return
+    except VmrtError:
+        ctx.store.remove_sandbox(sandbox_id)
+        raise
+    refs = [r for r in (state.monitor, state.qemu) if r is not None]
+    refs += [d.helper for d in state.devices if d.helper is not None]
+    with contextlib.suppress(VmrtError, OSError), monitor(ctx, sandbox_id) as mon:
+        mon.call("shutdown")
+    if not _wait_gone(refs, SHUTDOWN_GRACE_S):
+        for ref in refs:
+            if ref.alive():
+                kill_quietly(ref.pid, signal.SIGKILL)
+        _wait_gone(refs, 2.0)
+    ctx.store.remove_sandbox(sandbox_id)

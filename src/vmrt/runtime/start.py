@@ -1,0 +1,20 @@
+"""`start`: run the program of a created container."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from vmrt.runtime import sandbox as sandboxes
+from vmrt.runtime.context import Context
+from vmrt.state import status
+from vmrt.state.model import Status
+
+
+def start(ctx: Context, container_id: str) -> None:
+    store = ctx.store
+    with store.lock_container(container_id):
+        state = store.load_container(container_id)
+        status.require_startable(status.current(state))
+        with sandboxes.monitor(ctx, state.sandbox) as mon:
+            mon.call("start_container", id=container_id)
+        store.save_container(replace(state, status=Status.RUNNING))

@@ -1,0 +1,62 @@
+"""Error texts runc 1.1.5 (Debian 12, /usr/sbin/runc) really prints, observed on this
+machine with `--log <file> --log-format json`.  Container managers match on some of
+them (CRI-O: "container not running", "no such process"; containerd's shim:
+"container does not exist", ...), so vmrt is held to the same words.
+
+Every error below is: exit status 1, nothing on stdout, the text as ONE line on stderr,
+and the same text as {"level":"error","msg":<text>,"time":...} appended to --log.
+(Without --log, runc writes logrus' text format to stderr instead:
+`time="..." level=error msg="..."`.)
+
+Errors from `create` and `run` carry the prefix "runc create failed: " /
+"runc run failed: " - hard-coded "runc", whatever argv[0] is.
+"""
+
+from __future__ import annotations
+
+EXIT_ERROR = 1  # every runc failure below exits 1
+
+# "{prog} {verb} failed: {cause}" for create / run
+VERB_FAILED = "{prog} {verb} failed: "
+
+# -- lookups (state / start / kill / delete / pause ... on a bad or unknown id) ----------
+CONTAINER_NOT_EXIST = "container does not exist"
+INVALID_ID_FORMAT = "invalid container ID format"  # "a/b", "..", ".", "a\nb"
+EMPTY_ID = "container id cannot be empty"  # ""
+# `delete --force <unknown id>` is NOT an error for runc: exit 0, no output.
+
+# -- create / run causes (after the "runc create failed: " prefix) -----------------------
+ALREADY_EXISTS = "container with given ID already exists"
+CONFIG_NOT_FOUND = "JSON specification file config.json not found"
+ROOT_NOT_SPECIFIED = "root must be specified"
+PROCESS_EMPTY = "process property must not be empty"
+# bundle directory missing: "chdir <bundle>: no such file or directory"
+CHDIR_MISSING = "chdir {bundle}: no such file or directory"
+# root.path missing: "invalid rootfs: stat <rootfs>: no such file or directory"
+INVALID_ROOTFS = "invalid rootfs: stat {rootfs}: no such file or directory"
+# JSON decoding errors are Go's encoding/json texts; vmrt is only held to the prefix.
+JSON_TRUNCATED = "unexpected EOF"  # truncated document
+JSON_EMPTY = "EOF"  # zero-byte config.json
+JSON_GARBAGE = "invalid character 'o' in literal null (expecting 'u')"  # "not json at all"
+
+# -- state transitions ---------------------------------------------------------------------
+START_RUNNING = "cannot start an already running container"
+START_STOPPED = "cannot start a container that has stopped"
+DELETE_RUNNING = "cannot delete container {id} that is not stopped: running"
+KILL_NOT_RUNNING = "container not running"  # kill of a stopped container
+UNKNOWN_SIGNAL = 'unknown signal "{sig}"'  # kill ID NOSUCHSIG (name not known)
+SIGNAL_INVALID_NUMBER = "unable to signal init: invalid argument"  # kill ID 99
+
+# -- usage errors (also print the command's help on stdout) --------------------------------
+REQUIRES_ONE_ARG = 'runc: "{verb}" requires exactly 1 argument(s)'
+FLAG_NOT_DEFINED = "flag provided but not defined: {flag}"
+
+# -- quirks worth knowing ------------------------------------------------------------------
+# * `list --format json` with no containers prints "null" (not "[]").
+# * `list` creates --root if it is missing.
+# * `kill ID sigterm` (lower case) is accepted; so are "TERM", "SIGTERM" and "15".
+# * `kill ID 0` on a live container succeeds (a liveness probe).
+# * `delete ID` (no --force) of a *created* container succeeds and kills its init.
+# * SIGTERM to a container whose init is `sleep` in its own pid namespace does nothing
+#   (pid 1 ignores signals it has no handler for); `sh -c 'kill -9 $$'` as pid 1 cannot
+#   kill itself either - it exits 0.
