@@ -140,9 +140,7 @@ def tree_entries(root: Path) -> list[str]:
     return found
 
 
-def pack_tree(
-    root: Path, out: BinaryIO, *, devices: Iterable[DeviceNode] = (), mtime: int = 0
-) -> CpioWriter:
+def pack_tree(root: Path, out: BinaryIO, *, devices: Iterable[DeviceNode] = (), mtime: int = 0) -> CpioWriter:
     """Archives the tree under ``root`` (all owned by root:root) plus ``devices``.
 
     Regular files, directories and symlinks are supported; anything else in

@@ -30,6 +30,7 @@ APT_CONFIG_FILES: Final = (
     Path("/etc/apt/preferences.d"),
 )
 RESOLVE_CACHE_NAME: Final = "apt-resolved.json"
+_RESOLVE_CACHE_ENTRIES: Final = 8
 
 Progress = Callable[[str], None]
 
@@ -121,14 +122,15 @@ def _apt_options() -> list[str]:
 
 def resolve(names: Sequence[str], cache_dir: Path) -> list[Deb]:
     """Pins each package to the file apt would download now (cached per apt state)."""
-    fingerprint = hashlib.sha256(
-        ("\n".join(names) + "\0" + _apt_state()).encode()
-    ).hexdigest()
+    fingerprint = hashlib.sha256(("\n".join(names) + "\0" + _apt_state()).encode()).hexdigest()
     cache_file = cache_dir / RESOLVE_CACHE_NAME
-    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-        cached = json.loads(cache_file.read_text())
-        if cached["fingerprint"] == fingerprint:
-            return [Deb(**d) for d in cached["debs"]]
+    entries: dict[str, list[dict[str, object]]] = {}
+    with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
+        loaded = json.loads(cache_file.read_text())
+        entries = {str(k): list(v) for k, v in loaded.get("resolved", {}).items()}
+    with contextlib.suppress(TypeError, KeyError, AttributeError):
+        if fingerprint in entries:
+            return [Deb(**d) for d in entries[fingerprint]]  # type: ignore[arg-type]
     proc = subprocess.run(
         ["apt-get", "download", "--print-uris", "-q", *_apt_options(), *names],
         capture_output=True,
@@ -138,19 +140,17 @@ def resolve(names: Sequence[str], cache_dir: Path) -> list[Deb]:
         env={**os.environ, "LC_ALL": "C"},
     )
     if proc.returncode != 0:
-        raise PackageError(
-            f"apt-get cannot resolve the guest packages:\n{proc.stderr.strip()}"
-        )
+        raise PackageError(f"apt-get cannot resolve the guest packages:\n{proc.stderr.strip()}")
     debs = parse_print_uris(proc.stdout)
     got = {d.name for d in debs}
     if got != set(names) or len(debs) != len(names):
         raise PackageError(f"apt-get resolved {sorted(got)} for {sorted(names)}")
     order = {n: i for i, n in enumerate(names)}
     debs.sort(key=lambda d: order[d.name])
-    _atomic_write(
-        cache_file,
-        json.dumps({"fingerprint": fingerprint, "debs": [asdict(d) for d in debs]}, indent=1),
-    )
+    entries.pop(fingerprint, None)
+    entries[fingerprint] = [asdict(d) for d in debs]
+    recent = dict(list(entries.items())[-_RESOLVE_CACHE_ENTRIES:])
+    _atomic_write(cache_file, json.dumps({"resolved": recent}, indent=1))
     return debs
 
 
@@ -206,9 +206,7 @@ def fetch(debs: Iterable[Deb], debs_dir: Path, progress: Progress | None = None)
                     raise PackageError(f"apt-get download did not produce {d.filename}")
                 digest = sha256_file(got)
                 if digest != d.sha256:
-                    raise PackageError(
-                        f"{d.filename}: sha256 {digest}, the archive says {d.sha256}"
-                    )
+                    raise PackageError(f"{d.filename}: sha256 {digest}, the archive says {d.sha256}")
                 os.replace(got, debs_dir / d.filename)
     for d, p in zip(debs, paths, strict=True):
         if sha256_file(p) != d.sha256:

@@ -163,9 +163,7 @@ class Missing:
         return f"{self.path} needs {self.kind} {self.what}"
 
 
-def find_library(
-    root: Path, name: str, *, origin: str, runpath: Iterable[str] = ()
-) -> Path | None:
+def find_library(root: Path, name: str, *, origin: str, runpath: Iterable[str] = ()) -> Path | None:
     if "/" in name:
         return resolve_in_root(root, name)
     dirs = [p.replace("$ORIGIN", origin).replace("${ORIGIN}", origin) for p in runpath]

@@ -353,9 +353,7 @@ def _build(
             "size": size,
             "files": writer.entries - 1,  # without the trailer
             "sha256": debs_mod.sha256_file(out / IMAGE_NAME),
-            "packages": [
-                {"name": d.name, "version": d.version, "sha256": d.sha256} for d in packages
-            ],
+            "packages": [{"name": d.name, "version": d.version, "sha256": d.sha256} for d in packages],
             "agent_files": sorted(agent),
         }
         (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
@@ -425,9 +423,7 @@ def populate(root: Path) -> None:
 def link_busybox(root: Path) -> int:
     """Links every applet as ``/bin/<applet>`` and at busybox's own path (``/sbin/ip``)."""
     busybox = root / "bin/busybox"
-    proc = subprocess.run(
-        [str(busybox), "--list-full"], capture_output=True, text=True, check=False
-    )
+    proc = subprocess.run([str(busybox), "--list-full"], capture_output=True, text=True, check=False)
     if proc.returncode != 0 or not proc.stdout.strip():
         raise RootfsError(f"busybox --list-full failed: {proc.stderr.strip()}")
     made = 0
@@ -454,9 +450,7 @@ def guest_python_argv(root: Path) -> list[str]:
     loader = resolve_in_root(root, "/lib64/ld-linux-x86-64.so.2")
     if loader is None:
         raise RootfsError("the root has no /lib64/ld-linux-x86-64.so.2")
-    lib_path = ":".join(
-        str(root / d) for d in ("lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu")
-    )
+    lib_path = ":".join(str(root / d) for d in ("lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu"))
     return [str(loader), "--library-path", lib_path, str(root / GUEST_PYTHON.lstrip("/"))]
 
 
