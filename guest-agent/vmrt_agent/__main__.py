@@ -2,4 +2,5 @@
 
 from vmrt_agent.main import main
 
-main()
+if __name__ == "__main__":  # the image's import smoke test imports every module
+    main()

@@ -20,8 +20,9 @@ from typing import Any, Final
 
 from vmrt_agent.errors import InvalidError
 
-#: runc's id rule (the host's ``vmrt.ids`` applies the same one).
-_ID_RE: Final = re.compile(r"^[\w+\-.]+$", re.ASCII)
+#: runc's id rule (the host's ``vmrt.ids`` applies the same one).  fullmatch, not
+#: ``$``: ``$`` also matches before a final newline, and "a\n" is no id.
+_ID_RE: Final = re.compile(r"[\w+\-.]+", re.ASCII)
 MAX_ID_LEN: Final = 1024
 #: A virtio-fs tag is at most 36 bytes; the same charset keeps it a safe file name.
 MAX_TAG_LEN: Final = 36
@@ -30,13 +31,13 @@ _BIND_OPTIONS: Final = frozenset({"bind", "rbind"})
 
 def validate_id(container_id: str) -> str:
     if (not container_id or len(container_id) > MAX_ID_LEN
-            or container_id in (".", "..") or not _ID_RE.match(container_id)):
+            or container_id in (".", "..") or not _ID_RE.fullmatch(container_id)):
         raise InvalidError(f"invalid container id {container_id[:64]!r}")
     return container_id
 
 
 def validate_tag(tag: str) -> str:
-    if not tag or len(tag) > MAX_TAG_LEN or tag in (".", "..") or not _ID_RE.match(tag):
+    if not tag or len(tag) > MAX_TAG_LEN or tag in (".", "..") or not _ID_RE.fullmatch(tag):
         raise InvalidError(f"invalid share tag {tag[:64]!r}")
     return tag
 

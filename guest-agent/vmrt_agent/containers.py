@@ -158,16 +158,21 @@ class Containers:
         undo.push_async_callback(self._force_delete, req.id)
         if req.terminal:
             socket_path = self._config.console_socket(req.channel)
-            listener = console.listen(socket_path)
-            undo.callback(os.unlink, socket_path)
-            undo.callback(listener.close)
-            receiving = asyncio.ensure_future(console.receive_pty(listener))
-            undo.callback(receiving.cancel)
-            result = await self._call(*args, "--console-socket", socket_path, req.id,
-                                      log_file=log_file)
-            self._check("create", result, log_file)
-            async with asyncio.timeout(CONSOLE_TIMEOUT):
-                container.io.attach_pty(await receiving)
+            with contextlib.closing(console.listen(socket_path)) as listener:
+                receiving = asyncio.ensure_future(console.receive_pty(listener))
+                try:
+                    result = await self._call(*args, "--console-socket", socket_path, req.id,
+                                              log_file=log_file)
+                    self._check("create", result, log_file)
+                    async with asyncio.timeout(CONSOLE_TIMEOUT):
+                        master = await receiving
+                except BaseException:
+                    _discard_pty(receiving)
+                    raise
+                finally:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(socket_path)
+            container.io.attach_pty(master)
         else:
             # crun's stdio becomes the container's: the pipes made in create().
             stdin, stdout, stderr = child_fds
@@ -190,6 +195,7 @@ class Containers:
         status = exit_status(await exited)
         log.info("container %s (pid %d) exited: %s", container.id, container.pid,
                  status.to_json())
+        container.io.notice_exit()
         if not await container.io.wait_outputs_closed(self._config.exit_drain_timeout):
             log.info("container %s: reporting exit before its output was read", container.id)
         self._writer.send(protocol.event("exit", id=container.id, channel=container.channel,
@@ -226,10 +232,9 @@ class Containers:
         container = await self._ready(container_id)
         async with container.lock:
             result = await self._call("delete", *(["--force"] if force else []), container_id)
-            try:
+            # NotFound: the runtime has forgotten it already; finish our side.
+            with contextlib.suppress(NotFoundError):
                 self._check("delete", result)
-            except NotFoundError:
-                pass  # the runtime has forgotten it already; finish our side
             if container.watcher is not None:
                 # Let the exit event go out before the channel disappears.
                 try:
@@ -270,6 +275,15 @@ class Containers:
         if "not running" in text:
             raise NotRunningError(message)
         raise AgentError(message)
+
+
+def _discard_pty(receiving: asyncio.Future[int]) -> None:
+    """Stop waiting for crun's pty; close it if it came but create failed after all."""
+    if not receiving.done():
+        receiving.cancel()
+        return
+    if not receiving.cancelled() and receiving.exception() is None:
+        os.close(receiving.result())
 
 
 def _read_pid(path: str) -> int:

@@ -18,6 +18,7 @@ import errno
 import fcntl
 import logging
 import os
+import select
 import struct
 import termios
 from dataclasses import dataclass
@@ -164,6 +165,17 @@ class ProcessIO:
         if not self._outputs:
             self._outputs_done.set()
 
+    def notice_exit(self) -> None:
+        """The process died: end the outputs that are already drained, credit or not.
+
+        CLOSE carries no bytes, so it needs no credit.  Without this check an
+        exit with the credit used up would wait out the drain timeout for an
+        EOF the agent is not allowed to read.
+        """
+        for fd, out in list(self._outputs.items()):
+            if _drained(fd):
+                self._eof(fd, out)
+
     async def wait_outputs_closed(self, timeout: float) -> bool:
         """Wait (bounded) for EOF on every output; False if some are still open."""
         with contextlib.suppress(TimeoutError):
@@ -238,6 +250,20 @@ class ProcessIO:
         self._outputs.clear()
         self._drop_stdin_fd()
         self._outputs_done.set()
+
+
+def _drained(fd: int) -> bool:
+    """Whether ``fd`` is hung up (no writer, no slave) with nothing left to read."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    events = poller.poll(0)
+    if not events or not events[0][1] & select.POLLHUP:
+        return False
+    try:
+        pending = struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4))[0]
+    except OSError:
+        return False
+    return int(pending) == 0
 
 
 class Channels:

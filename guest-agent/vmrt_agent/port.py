@@ -13,10 +13,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import os
 from collections.abc import Callable
 from typing import Final
 
-import os
+from vmrt_agent.protocol import FrameType
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +55,12 @@ class PortWriter:
             self._drain_callbacks.append(callback)
 
     def pause(self) -> None:
-        """The host went away: stop writing, and drop a half-written frame.
+        """The host went away: stop writing, drop a half-written frame and responses.
 
-        The new connection must start on a frame boundary; the bytes already
-        written of that frame went to the old one.
+        The new connection must start on a frame boundary (the bytes already
+        written of that frame went to the old one), and it has no requests a
+        queued response could answer; the monitor treats a response to no
+        request as a broken link.  Events and output stay queued.
         """
         self._paused = True
         self._unwatch()
@@ -65,6 +68,9 @@ class PortWriter:
             head = self._queue.popleft()
             self._backlog -= len(head) - self._offset
             self._offset = 0
+        kept = collections.deque(f for f in self._queue if f[2] != FrameType.RESPONSE)
+        self._backlog = sum(len(f) for f in kept)
+        self._queue = kept
 
     def resume(self, first: bytes) -> None:
         """A host is connected again: send ``first`` (the hello) before the backlog."""

@@ -11,15 +11,14 @@ import re
 
 from vmrt.errors import InvalidArgumentError
 
-_ID_RE = re.compile(r"^[\w+\-.]+$", re.ASCII)
+_ID_RE = re.compile(r"[\w+\-.]+", re.ASCII)
 MAX_ID_LEN = 1024
 
 
 def validate_id(container_id: str) -> str:
     if not container_id:
-        raise InvalidArgumentError("invalid id format: id must not be empty")
-    if len(container_id) > MAX_ID_LEN:
-        raise InvalidArgumentError("invalid id format: id is too long")
-    if container_id in (".", "..") or not _ID_RE.match(container_id):
-        raise InvalidArgumentError(f"invalid id format: {container_id!r}")
+        raise InvalidArgumentError("container id cannot be empty")
+    if (len(container_id) > MAX_ID_LEN or container_id in (".", "..")
+            or not _ID_RE.fullmatch(container_id)):
+        raise InvalidArgumentError("invalid container ID format")
     return container_id

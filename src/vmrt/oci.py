@@ -118,12 +118,12 @@ def _check_version(version: str) -> str:
 def load(bundle: str | os.PathLike[str]) -> Spec:
     bundle_path = Path(os.path.abspath(bundle))
     if not bundle_path.is_dir():
-        raise ConfigError(f"bundle {bundle_path} is not a directory")
+        raise ConfigError(f"chdir {bundle}: no such file or directory")
     config = bundle_path / "config.json"
     try:
         text = config.read_bytes()
     except FileNotFoundError:
-        raise ConfigError(f"JSON specification file {config} not found") from None
+        raise ConfigError("JSON specification file config.json not found") from None
     except OSError as exc:
         raise ConfigError(f"cannot read {config}: {exc.strerror}") from exc
     try:
@@ -138,7 +138,7 @@ def parse(bundle: Path, raw: Any) -> Spec:
     version = _check_version(_expect(doc.get("ociVersion"), str, "ociVersion"))
     process = doc.get("process")
     if process is None:
-        raise ConfigError("config.json: process is missing")
+        raise ConfigError("process property must not be empty")
     process = _expect(process, dict, "process")
     args = _str_list(process.get("args"), "process.args")
     if not args:
@@ -146,12 +146,12 @@ def parse(bundle: Path, raw: Any) -> Spec:
     terminal = _expect(process.get("terminal", False), bool, "process.terminal")
     root = doc.get("root")
     if root is None:
-        raise ConfigError("config.json: root is missing")
+        raise ConfigError("root must be specified")
     root = _expect(root, dict, "root")
     root_path = _expect(root.get("path"), str, "root.path")
     rootfs = Path(root_path) if os.path.isabs(root_path) else bundle / root_path
     if not rootfs.is_dir():
-        raise ConfigError(f"rootfs {rootfs} does not exist or is not a directory")
+        raise ConfigError(f"invalid rootfs: stat {rootfs}: no such file or directory")
     mounts = []
     for i, m in enumerate(_expect(doc.get("mounts", []), list, "mounts")):
         m = _expect(m, dict, f"mounts[{i}]")

@@ -90,3 +90,20 @@ def _fatal(message: str, code: int) -> None:
     log.get().error(message)
     sys.stderr.write(message + "\n")
     sys.exit(code)
+
+
+def failed(verb: str) -> Any:
+    """runc prefixes create/run errors with "<prog> <verb> failed: "; so do we."""
+    import contextlib
+
+    from vmrt.errors import VmrtError
+
+    @contextlib.contextmanager
+    def wrap() -> Any:
+        try:
+            yield
+        except VmrtError as exc:
+            exc.args = (f"vmrt {verb} failed: {exc}",)
+            raise
+
+    return wrap()

@@ -16,7 +16,9 @@ from vmrt.runtime.context import Context
 @click.pass_obj
 def command(ctx: Context, bundle: str, pid_file: str | None, console_socket: str | None,
             no_pivot: bool, no_new_keyring: bool, preserve_fds: int, container_id: str) -> None:
+    from vmrt.cli import failed
     from vmrt.runtime.create import CreateOptions, create
 
-    create(ctx, CreateOptions(container_id, bundle, pid_file, console_socket, no_pivot,
-                              no_new_keyring))
+    with failed("create"):
+        create(ctx, CreateOptions(container_id, bundle, pid_file, console_socket, no_pivot,
+                                  no_new_keyring))

@@ -19,7 +19,7 @@ def command(ctx: Context, fmt: str, quiet: bool) -> None:
         for s in states:
             click.echo(s["id"])
     elif fmt == "json":
-        click.echo(json.dumps(states))
+        click.echo(json.dumps(states or None))  # runc prints null for no containers
     else:
         rows = [("ID", "PID", "STATUS", "BUNDLE", "CREATED", "OWNER", "POD")]
         rows += [(s["id"], str(s["pid"]), s["status"], s["bundle"], s["created"], s["owner"] or "root",

@@ -20,18 +20,20 @@ from vmrt.runtime.context import Context
 @click.pass_obj
 def command(ctx: Context, bundle: str, pid_file: str | None, console_socket: str | None,
             detach: bool, no_pivot: bool, no_new_keyring: bool, container_id: str) -> None:
+    from vmrt.cli import failed
     from vmrt.runtime.create import CreateOptions, create
     from vmrt.runtime.delete import delete
     from vmrt.runtime.start import start
     from vmrt.shim.main import FORWARDED
 
-    shim_pid = create(ctx, CreateOptions(container_id, bundle, pid_file, console_socket,
-                                         no_pivot, no_new_keyring))
-    try:
-        start(ctx, container_id)
-    except BaseException:
-        delete(ctx, container_id, force=True)
-        raise
+    with failed("run"):
+        shim_pid = create(ctx, CreateOptions(container_id, bundle, pid_file, console_socket,
+                                             no_pivot, no_new_keyring))
+        try:
+            start(ctx, container_id)
+        except BaseException:
+            delete(ctx, container_id, force=True)
+            raise
     if detach:
         return
     # The shim is our child: relay our signals to it (it relays them to the guest),

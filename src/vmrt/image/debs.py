@@ -19,7 +19,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 from urllib.parse import unquote
 
 APT_LISTS: Final = Path("/var/lib/apt/lists")
@@ -124,13 +124,13 @@ def resolve(names: Sequence[str], cache_dir: Path) -> list[Deb]:
     """Pins each package to the file apt would download now (cached per apt state)."""
     fingerprint = hashlib.sha256(("\n".join(names) + "\0" + _apt_state()).encode()).hexdigest()
     cache_file = cache_dir / RESOLVE_CACHE_NAME
-    entries: dict[str, list[dict[str, object]]] = {}
+    entries: dict[str, list[dict[str, Any]]] = {}
     with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
         loaded = json.loads(cache_file.read_text())
         entries = {str(k): list(v) for k, v in loaded.get("resolved", {}).items()}
     with contextlib.suppress(TypeError, KeyError, AttributeError):
         if fingerprint in entries:
-            return [Deb(**d) for d in entries[fingerprint]]  # type: ignore[arg-type]
+            return [Deb(**d) for d in entries[fingerprint]]
     proc = subprocess.run(
         ["apt-get", "download", "--print-uris", "-q", *_apt_options(), *names],
         capture_output=True,

@@ -98,6 +98,7 @@ _CONFIG_LINE: Final = re.compile(r"^(CONFIG_[A-Za-z0-9_]+)=(.*)$")
 _UNSET_LINE: Final = re.compile(r"^# (CONFIG_[A-Za-z0-9_]+) is not set$")
 _CANDIDATE: Final = re.compile(r"^\s*Candidate:\s*(\S+)\s*$", re.MULTILINE)
 _META: Final = "build.json"
+_STALE_SECONDS: Final = 6 * 3600
 
 
 class KernelBuildError(Exception):
@@ -167,9 +168,7 @@ def _run(
     """Run argv; return its stdout (or "" when it was sent to ``log``). Raise on failure."""
     try:
         if log is None:
-            proc = subprocess.run(
-                list(argv), cwd=cwd, env=env, capture_output=True, text=True, check=False
-            )
+            proc = subprocess.run(list(argv), cwd=cwd, env=env, capture_output=True, text=True, check=False)
             if proc.returncode != 0:
                 raise KernelBuildError(
                     f"command failed with exit status {proc.returncode}",
@@ -253,10 +252,14 @@ def _latest_cached(cache_dir: Path, fragment_sha: str) -> Path | None:
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def _locked(path: Path, on_wait: Progress = _quiet) -> Iterator[None]:
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            on_wait(f"waiting for another build of this kernel ({path.name})")
+            fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)
@@ -282,8 +285,7 @@ def _check_config(fragment: dict[str, str | None], config_text: str) -> None:
     if lost:
         raise KernelBuildError(
             f"{len(lost)} setting(s) of the kernel config fragment did not survive "
-            "`make olddefconfig` (a dependency is missing from the fragment):\n  "
-            + "\n  ".join(lost)
+            "`make olddefconfig` (a dependency is missing from the fragment):\n  " + "\n  ".join(lost)
         )
 
 
@@ -374,6 +376,32 @@ def _build(
         os.close(fd)
 
 
+def _download(into: Path, version: str | None, say: Progress) -> tuple[Path, str]:
+    """``apt-get download`` the source package into ``into``: (the .deb, its version)."""
+    into.mkdir()
+    spec = SOURCE_PACKAGE if version is None else f"{SOURCE_PACKAGE}={version}"
+    say(f"downloading {spec}")
+    argv = ["apt-get", "download", spec]
+    if os.geteuid() == 0:
+        # root's temp dirs are not readable by apt's sandbox user _apt.
+        argv[1:1] = ["-o", "APT::Sandbox::User=root"]
+    _run(argv, cwd=into)
+    debs = sorted(into.glob(f"{SOURCE_PACKAGE}_*.deb"))
+    if len(debs) != 1:
+        raise KernelBuildError(f"apt-get download left {len(debs)} .deb files", command=argv)
+    return debs[0], _run(["dpkg-deb", "-f", str(debs[0]), "Version"]).strip()
+
+
+def _remove_stale(cache_dir: Path) -> None:
+    """Remove work dirs that a killed builder left behind (no build lasts this long)."""
+    now = time.time()
+    for pattern in (".tmp-build-*", ".tmp-kernel-*"):
+        for d in cache_dir.glob(pattern):
+            with contextlib.suppress(OSError):
+                if now - d.stat().st_mtime > _STALE_SECONDS:
+                    shutil.rmtree(d, ignore_errors=True)
+
+
 def ensure_kernel(
     cache_dir: Path,
     *,
@@ -412,37 +440,32 @@ def ensure_kernel(
         if kernel.is_file():
             return kernel
 
-    with tempfile.TemporaryDirectory(prefix=".tmp-build-", dir=cache_dir) as tmp:
-        work = Path(tmp)
-        download = work / "download"
-        download.mkdir()
-        spec = SOURCE_PACKAGE if version is None else f"{SOURCE_PACKAGE}={version}"
-        say(f"downloading {spec}")
-        argv = ["apt-get", "download", spec]
-        if os.geteuid() == 0:
-            # root's temp dirs are not readable by apt's sandbox user _apt.
-            argv[1:1] = ["-o", "APT::Sandbox::User=root"]
-        _run(argv, cwd=download)
-        debs = sorted(download.glob(f"{SOURCE_PACKAGE}_*.deb"))
-        if len(debs) != 1:
-            raise KernelBuildError(f"apt-get download left {len(debs)} .deb files", command=argv)
-        deb_version = _run(["dpkg-deb", "-f", str(debs[0]), "Version"]).strip()
-        entry = cache_dir / f"kernel-{cache_key(fragment_bytes, deb_version)}"
-        with _locked(cache_dir / f".{entry.name}.lock"):
-            if _kernel_file(entry).is_file():  # another builder finished meanwhile
-                return _kernel_file(entry)
-            _build(
-                cache_dir,
-                entry,
-                fragment=fragment,
-                fragment_bytes=fragment_bytes,
-                deb=debs[0],
-                version=deb_version,
-                work=work,
-                progress=say,
-            )
-        say(f"kernel ready: {_kernel_file(entry)}")
-        return _kernel_file(entry)
+    # One builder per key: the others wait here, then find the kernel built.
+    # (With no version known yet, all such builders share one lock.)
+    lock_name = "unversioned" if version is None else cache_key(fragment_bytes, version)
+    with _locked(cache_dir / f".kernel-{lock_name}.lock", say):
+        if version is not None:
+            kernel = _kernel_file(cache_dir / f"kernel-{cache_key(fragment_bytes, version)}")
+            if kernel.is_file():  # another builder finished while we waited
+                return kernel
+        _remove_stale(cache_dir)
+        with tempfile.TemporaryDirectory(prefix=".tmp-build-", dir=cache_dir) as tmp:
+            work = Path(tmp)
+            deb, deb_version = _download(work / "download", version, say)
+            entry = cache_dir / f"kernel-{cache_key(fragment_bytes, deb_version)}"
+            if not _kernel_file(entry).is_file():
+                _build(
+                    cache_dir,
+                    entry,
+                    fragment=fragment,
+                    fragment_bytes=fragment_bytes,
+                    deb=deb,
+                    version=deb_version,
+                    work=work,
+                    progress=say,
+                )
+    say(f"kernel ready: {_kernel_file(entry)}")
+    return _kernel_file(entry)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

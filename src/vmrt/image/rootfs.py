@@ -46,7 +46,7 @@ from vmrt.image.cpio import DeviceNode, pack_tree
 from vmrt.image.elf import check_closure, resolve_in_root
 
 #: Bump when the build steps change in a way that changes the image.
-BUILDER_VERSION: Final = "rootfs-2"
+BUILDER_VERSION: Final = "rootfs-3"
 
 PYTHON: Final = "python3.11"
 PY_LIB: Final = f"usr/lib/{PYTHON}"
@@ -88,10 +88,16 @@ DIRECTORIES: Final[Sequence[tuple[str, int]]] = (
     ("var/tmp", 0o1777),
 )
 
-#: Nodes the kernel needs before anything mounts devtmpfs: init's stdio is /dev/console.
+#: Nodes needed before the agent mounts devtmpfs on /dev (the kernel does not
+#: automount it on an initramfs): init's stdio is /dev/console, and python
+#: reads /dev/urandom for its hash seed when getrandom() would still block
+#: (a kernel without random.trust_cpu: "failed to get random numbers").
 DEVICES: Final[Sequence[DeviceNode]] = (
     DeviceNode("dev/console", stat.S_IFCHR | 0o600, 5, 1),
     DeviceNode("dev/null", stat.S_IFCHR | 0o666, 1, 3),
+    DeviceNode("dev/zero", stat.S_IFCHR | 0o666, 1, 5),
+    DeviceNode("dev/random", stat.S_IFCHR | 0o666, 1, 8),
+    DeviceNode("dev/urandom", stat.S_IFCHR | 0o666, 1, 9),
 )
 
 #: In these directories only the listed files are kept (busybox links come later).
@@ -527,15 +533,20 @@ def hook(event, args):
 sys.addaudithook(hook)
 import importlib, importlib.util, json, pkgutil
 names = sys.argv[1:]
+del sys.argv[1:]
 import vmrt_agent
-names += sorted(m.name for m in pkgutil.walk_packages(vmrt_agent.__path__, "vmrt_agent."))
+names += sorted(
+    m.name
+    for m in pkgutil.walk_packages(vmrt_agent.__path__, "vmrt_agent.")
+    if not m.name.endswith(".__main__")  # runs the agent when imported
+)
 failed = {}
 for name in names:
     try:
         importlib.import_module(name)
     except ImportError as e:
         failed[name] = f"{type(e).__name__}: {e}"
-    except Exception as e:
+    except BaseException as e:
         failed[name] = f"(on the build host) {type(e).__name__}: {e}"
 import hashlib
 hashlib.sha256(b"").hexdigest()

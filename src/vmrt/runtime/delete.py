@@ -11,7 +11,7 @@ import contextlib
 import signal
 import time
 
-from vmrt.errors import MonitorError, StateTransitionError, VmrtError
+from vmrt.errors import MonitorError, NotFoundError, StateTransitionError, VmrtError
 from vmrt.runtime import sandbox as sandboxes
 from vmrt.runtime.context import Context
 from vmrt.state import status
@@ -23,19 +23,27 @@ STOP_WAIT_S = 10.0
 
 def delete(ctx: Context, container_id: str, *, force: bool = False) -> None:
     store = ctx.store
-    with store.lock_container(container_id):
-        state = store.load_container(container_id)
-        current = status.current(state)
-        if current is not Status.STOPPED:
-            if not force:
-                raise StateTransitionError(
-                    f"cannot delete container {container_id} that is not stopped: {current.value}")
-            _stop(ctx, state)
-        with contextlib.suppress(VmrtError, OSError), sandboxes.monitor(ctx, state.sandbox) as mon:
-            mon.call("delete_container", id=container_id, force=True)
-        if state.sandbox == container_id:
-            sandboxes.destroy(ctx, state.sandbox)
-        store.remove_container(container_id)
+    try:
+        with store.lock_container(container_id):
+            _delete_locked(ctx, store.load_container(container_id), force)
+    except NotFoundError:
+        if not force:  # runc: `delete --force` of an unknown id is not an error
+            raise
+
+
+def _delete_locked(ctx: Context, state: ContainerState, force: bool) -> None:
+    current = status.current(state)
+    # runc deletes a created container without --force (its program never ran).
+    if current is not Status.STOPPED:
+        if not force and current is not Status.CREATED:
+            raise StateTransitionError(
+                f"cannot delete container {state.id} that is not stopped: {current.value}")
+        _stop(ctx, state)
+    with contextlib.suppress(VmrtError, OSError), sandboxes.monitor(ctx, state.sandbox) as mon:
+        mon.call("delete_container", id=state.id, force=True)
+    if state.sandbox == state.id:
+        sandboxes.destroy(ctx, state.sandbox)
+    ctx.store.remove_container(state.id)
 
 
 def _stop(ctx: Context, state: ContainerState) -> None:

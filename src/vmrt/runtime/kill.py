@@ -15,15 +15,15 @@ def parse_signal(text: str) -> int:
     """runc's rule: a number, or a name with or without SIG, any case."""
     if text.isdigit():
         num = int(text)
-        if 0 < num < 65:
+        if 0 <= num < 65:
             return num
-        raise InvalidArgumentError(f"invalid signal: {text}")
+        raise InvalidArgumentError("unable to signal init: invalid argument")
     name = text.upper()
     name = name if name.startswith("SIG") else "SIG" + name
     try:
         return int(signals.Signals[name])
     except KeyError:
-        raise InvalidArgumentError(f"unknown signal {text!r}") from None
+        raise InvalidArgumentError(f'unknown signal "{text}"') from None
 
 
 def kill(ctx: Context, container_id: str, sig: int, *, all_processes: bool = False) -> None:

@@ -58,7 +58,7 @@ class QMP:
             await self.execute("device_del", {"id": device_id})
             async with asyncio.timeout(timeout):
                 async for event in listener:
-                    data = event["data"] if "data" in event else {}
+                    data = event.get("data", {})  # noqa: SIM401 - Message is not a dict
                     if isinstance(data, dict) and data.get("device") == device_id:
                         return
 
