@@ -10,7 +10,6 @@ from __future__ import annotations
 CONTAINER_NOT_EXISTS = "container does not exist"
 CONTAINER_EXISTS = "container with given ID already exists"
 CONTAINER_NOT_RUNNING = "container not running"
-CONTAINER_NOT_STOPPED = "container is not destroyed"
 CONTAINER_PAUSED = "container is paused"
 
 

@@ -135,14 +135,18 @@ def load(bundle: str | os.PathLike[str]) -> Spec:
 
 def parse(bundle: Path, raw: Any) -> Spec:
     doc = _expect(raw, dict, "the document")
-    version = _check_version(_expect(doc.get("ociVersion"), str, "ociVersion"))
+    # runc accepts a document without ociVersion; an unknown major version is refused.
+    version = _check_version(_expect(doc.get("ociVersion", "1.0.0"), str, "ociVersion"))
     process = doc.get("process")
     if process is None:
         raise ConfigError("process property must not be empty")
     process = _expect(process, dict, "process")
     args = _str_list(process.get("args"), "process.args")
     if not args:
-        raise ConfigError("config.json: process.args must not be empty")
+        raise ConfigError("args must not be empty")
+    cwd = _expect(process.get("cwd", "/"), str, "process.cwd")
+    if not os.path.isabs(cwd):
+        raise ConfigError("Cwd must be an absolute path")
     terminal = _expect(process.get("terminal", False), bool, "process.terminal")
     root = doc.get("root")
     if root is None:

@@ -87,7 +87,8 @@ def ppid_of(pid: int) -> int | None:
 
 def procs_mentioning(marker: str, *, environ: bool = True) -> list[Proc]:
     """Live processes (not us, not our ancestors) whose argv or environment contains
-    `marker` (typically a test's private --root or state directory)."""
+    `marker` (typically a test's private --root or state directory), or whose working
+    directory is under it."""
     me = os.getpid()
     ancestors = set(ancestry(me))
     needle = marker.encode()
@@ -95,9 +96,22 @@ def procs_mentioning(marker: str, *, environ: bool = True) -> list[Proc]:
     for p in all_procs():
         if p.pid == me or p.pid in ancestors or not p.alive:
             continue
-        if marker in p.cmdline or (environ and needle in environ_of(p.pid)):
+        if (marker in p.cmdline or (environ and needle in environ_of(p.pid))
+                or _under(cwd_of(p.pid), marker)):
             found.append(p)
     return found
+
+
+def cwd_of(pid: int) -> str:
+    try:
+        return os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return ""
+
+
+def _under(path: str, base: str) -> bool:
+    base = base.rstrip("/")
+    return bool(path) and (path == base or path.startswith(base + "/"))
 
 
 def ancestry(pid: int) -> list[int]:
@@ -197,12 +211,3 @@ def kill_procs(procs: Iterable[Proc], sig: int = signal.SIGKILL) -> None:
             continue  # gone, or the pid was reused
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(p.pid, sig)
-
-
-def reap_zombie_children() -> None:
-    """Reap our own zombie children (adopted orphans when we are a subreaper)."""
-    me = os.getpid()
-    for p in all_procs():
-        if p.ppid == me and not p.alive:
-            with contextlib.suppress(ChildProcessError, OSError):
-                os.waitpid(p.pid, os.WNOHANG)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -175,12 +174,3 @@ def edit_config(bundle: Path, edit: Any) -> dict[str, Any]:
     path.write_text(json.dumps(spec, indent=2))
     return spec
 
-
-def file_tree_size(path: Path) -> int:
-    total = 0
-    for dirpath, _dirs, files in os.walk(path):
-        for f in files:
-            p = os.path.join(dirpath, f)
-            if not os.path.islink(p):
-                total += os.path.getsize(p)
-    return total

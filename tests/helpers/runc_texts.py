@@ -34,10 +34,28 @@ PROCESS_EMPTY = "process property must not be empty"
 CHDIR_MISSING = "chdir {bundle}: no such file or directory"
 # root.path missing: "invalid rootfs: stat <rootfs>: no such file or directory"
 INVALID_ROOTFS = "invalid rootfs: stat {rootfs}: no such file or directory"
+ARGS_EMPTY = "args must not be empty"
+CWD_NOT_ABSOLUTE = "Cwd must be an absolute path"
+ROOTFS_SYMLINK = "invalid rootfs: not an absolute path, or a symlink"
+TTY_WITHOUT_CONSOLE_SOCKET = (
+    "cannot allocate tty if runc will detach without setting console socket")
+CONSOLE_SOCKET_ABSENT = "dial unix {path}: connect: no such file or directory"
+# The program is looked up at create time, in the container's rootfs and PATH; podman
+# maps "executable file not found" / "no such file or directory" to exit code 127.
+EXEC_NOT_FOUND_ABS = (
+    'unable to start container process: exec: "{exe}": stat {exe}: no such file or directory')
+EXEC_NOT_IN_PATH = (
+    'unable to start container process: exec: "{exe}": executable file not found in $PATH')
+ENV_INVALID = ('unable to start container process: error during container init: '
+               'invalid environment variable: "{var}"')
+ID_TOO_LONG_RE = r"runc create failed: lstat .*: file name too long"  # 300-char id
 # JSON decoding errors are Go's encoding/json texts; vmrt is only held to the prefix.
 JSON_TRUNCATED = "unexpected EOF"  # truncated document
 JSON_EMPTY = "EOF"  # zero-byte config.json
 JSON_GARBAGE = "invalid character 'o' in literal null (expecting 'u')"  # "not json at all"
+JSON_ARRAY = "json: cannot unmarshal array into Go value of type specs.Spec"  # "[]"
+JSON_ARGS_STRING = ("json: cannot unmarshal string into Go struct field Process.process.args"
+                    " of type []string")  # "args": "sh"
 
 # -- state transitions ---------------------------------------------------------------------
 START_RUNNING = "cannot start an already running container"
@@ -57,6 +75,9 @@ FLAG_NOT_DEFINED = "flag provided but not defined: {flag}"
 # * `kill ID sigterm` (lower case) is accepted; so are "TERM", "SIGTERM" and "15".
 # * `kill ID 0` on a live container succeeds (a liveness probe).
 # * `delete ID` (no --force) of a *created* container succeeds and kills its init.
+# * Accepted by runc: no ociVersion, unknown top-level fields, relative mount
+#   destinations, ids such as ".hidden", "...", "a+b-c_d.e" (id rule ^[\w+\-.]+$ minus
+#   "." and "..").
 # * SIGTERM to a container whose init is `sleep` in its own pid namespace does nothing
 #   (pid 1 ignores signals it has no handler for); `sh -c 'kill -9 $$'` as pid 1 cannot
 #   kill itself either - it exits 0.

@@ -7,6 +7,7 @@ open for as long as it lives; with pipes, `subprocess.run` would wait for that E
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -18,10 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import runc_texts
 from .procs import wait_until
 
 ENV_RUNTIME = "VMRT_TEST_RUNTIME"
+ENV_OP_TIMEOUT = "VMRT_TEST_OP_TIMEOUT"  # seconds per CLI call for slow runtimes (vmrt)
 
 
 @dataclass(frozen=True)
@@ -42,22 +43,57 @@ def resolve_runtime() -> RuntimeSpec:
     """`VMRT_TEST_RUNTIME` = `vmrt` (default: the venv's console script), `runc`, or an
     absolute path to a runc-compatible binary (named after its basename)."""
     choice = os.environ.get(ENV_RUNTIME, "vmrt").strip() or "vmrt"
+    slow_op = float(os.environ.get(ENV_OP_TIMEOUT, "120"))
     if choice == "vmrt":
         binary = str(Path(sys.executable).parent / "vmrt")
-        return RuntimeSpec("vmrt", binary, op_timeout=180.0, exit_timeout=120.0)
+        return RuntimeSpec("vmrt", binary, op_timeout=slow_op, exit_timeout=slow_op)
     if choice == "runc":
         binary = shutil.which("runc") or "/usr/sbin/runc"
         return RuntimeSpec("runc", binary, op_timeout=30.0, exit_timeout=20.0)
     if choice.startswith("/"):
         name = Path(choice).name
-        slow = name != "runc" and name != "crun"
+        slow = name not in ("runc", "crun")
         return RuntimeSpec(
-            name if name in ("runc", "vmrt") else name,
+            name,
             choice,
-            op_timeout=180.0 if slow else 30.0,
-            exit_timeout=120.0 if slow else 20.0,
+            op_timeout=slow_op if slow else 30.0,
+            exit_timeout=slow_op if slow else 20.0,
         )
     raise ValueError(f"{ENV_RUNTIME}={choice!r}: expected vmrt, runc or an absolute path")
+
+
+def run_to_files(
+    argv: list[str],
+    *,
+    input: str | bytes | None = None,
+    stdin: Any = None,
+    timeout: float,
+    env: dict[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """subprocess.run with stdout/stderr captured through temporary files, not pipes:
+    a daemon or container that inherits them cannot make us wait for their EOF."""
+    if input is None and stdin is None:
+        stdin = subprocess.DEVNULL
+    if isinstance(input, str):
+        input = input.encode()
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.run(
+            argv,
+            input=input,
+            stdin=stdin if input is None else None,
+            stdout=out,
+            stderr=err,
+            timeout=timeout,
+            env=env,
+            cwd=cwd,
+            check=False,
+        )
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(
+            argv, proc.returncode,
+            out.read().decode(errors="replace"), err.read().decode(errors="replace"))
 
 
 @dataclass
@@ -151,28 +187,10 @@ class Runtime:
         """Run `<runtime> --root R --log L --log-format json *args` to completion."""
         argv = self.argv(*args)
         offset = self._log_size()
-        if input is None and stdin is None:
-            stdin = subprocess.DEVNULL
-        if isinstance(input, str):
-            input = input.encode()
-        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-            proc = subprocess.run(
-                argv,
-                input=input,
-                stdin=stdin if input is None else None,
-                stdout=out,
-                stderr=err,
-                timeout=timeout or self.spec.op_timeout,
-                env=env,
-                cwd=cwd,
-                check=False,
-            )
-            out.seek(0)
-            err.seek(0)
-            stdout = out.read().decode(errors="replace")
-            stderr = err.read().decode(errors="replace")
+        proc = run_to_files(argv, input=input, stdin=stdin,
+                            timeout=timeout or self.spec.op_timeout, env=env, cwd=cwd)
         raw, lines = self._log_since(offset)
-        return Result(argv, proc.returncode, stdout, stderr, lines, raw)
+        return Result(argv, proc.returncode, proc.stdout, proc.stderr, lines, raw)
 
     def ok(self, *args: str, **kw: Any) -> Result:
         return self.run(*args, **kw).check()
@@ -212,15 +230,11 @@ class Runtime:
 
     def force_delete_all(self) -> list[str]:
         ids = []
-        try:
+        with contextlib.suppress(AssertionError, subprocess.TimeoutExpired):
             ids = self.list_ids()
-        except (AssertionError, subprocess.TimeoutExpired):
-            pass
         for cid in ids:
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.run("delete", "--force", cid)
-            except subprocess.TimeoutExpired:
-                pass
         return ids
 
 
@@ -254,14 +268,6 @@ def assert_error(res: Result, expected: str | re.Pattern[str] | None, code: int 
     for entry in res.log_lines:
         assert "_unparsed" not in entry, f"--log-format json wrote a non-JSON line: {res}"
     return line
-
-
-def failed_prefix(runtime_name: str, verb: str) -> str:
-    """runc prefixes create/run errors with "runc <verb> failed: " (hard-coded, whatever
-    argv[0] is); vmrt may say "vmrt <verb> failed: "."""
-    if runtime_name == "runc":
-        return runc_texts.VERB_FAILED.format(prog="runc", verb=verb)
-    return runc_texts.VERB_FAILED.format(prog="vmrt", verb=verb)
 
 
 def verb_failed(runtime_name: str, verb: str, cause: str | None) -> re.Pattern[str]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -296,3 +295,25 @@ def test_kill_signal_spellings(runtime: Runtime, running: str) -> None:
     assert runtime.wait_status(running, "stopped") == "stopped"
     runtime.ok("delete", running)
 
+
+
+def test_manager_sized_root_and_id(runtime: Runtime, short_tmp: Path, bundle) -> None:
+    """Container managers use 64-hex-char ids and deep roots: containerd's shim passes
+    --root /run/containerd/runc/k8s.io; CRI-O and podman use ids like this one.  A
+    runtime keeping unix sockets under <root>/<id>/ must still work (sun_path is 108
+    bytes)."""
+    rt = Runtime(runtime.spec, root=short_tmp / "run/containerd/runc/k8s.io",
+                 log=short_tmp / "deep-log.json")
+    cid = "0123456789abcdef" * 4
+    try:
+        res = rt.run("run", "--bundle", str(bundle(["sh", "-c", "echo deep; exit 4"])), cid)
+        assert (res.returncode, res.stdout, res.stderr) == (4, "deep\n", ""), res
+        rt.ok("run", "--detach", "--bundle", str(bundle(SLEEP)), cid)
+        assert rt.state(cid)["status"] == "running"
+        assert rt.list_ids() == [cid]
+        rt.ok("kill", cid, "KILL")
+        assert rt.wait_status(cid, "stopped") == "stopped"
+        rt.ok("delete", cid)
+        assert rt.list_ids() == []
+    finally:
+        rt.force_delete_all()
