@@ -26,6 +26,9 @@ class AgentConfig:
     unmount_share: shares.UnmountShare = shares.unmount
     #: How long an exited process's output gets to drain before the exit event.
     exit_drain_timeout: float = 2.0
+    #: pivot_root(2) cannot leave an initramfs (the root is the special rootfs mount),
+    #: so a guest booted from one runs crun with --no-pivot (MS_MOVE + chroot).
+    no_pivot: bool = False
     #: Deadline of one runtime call (``create`` pulls in a whole spec's mounts).
     runtime_timeout: float = 60.0
 

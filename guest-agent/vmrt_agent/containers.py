@@ -154,6 +154,8 @@ class Containers:
         pid_file = os.path.join(bundle_dir, "pid")
         log_file = os.path.join(bundle_dir, "runtime.log")
         args = ["create", "--bundle", bundle_dir, "--pid-file", pid_file]
+        if self._config.no_pivot:
+            args.append("--no-pivot")
         # Whatever create left behind goes if anything below fails.
         undo.push_async_callback(self._force_delete, req.id)
         if req.terminal:

@@ -63,7 +63,8 @@ def _main_pid1() -> NoReturn:
             raise RuntimeError("no valid vmrt.nonce= on the kernel command line")
         fd = sysinit.open_port(protocol.AGENT_PORT_NAME)
         log.info("serving on %s", protocol.AGENT_PORT_NAME)
-        asyncio.run(_serve(fd, AgentConfig(), nonce, exit_on_eof=False))
+        config = AgentConfig(no_pivot=sysinit.root_is_initramfs())
+        asyncio.run(_serve(fd, config, nonce, exit_on_eof=False))
         raise RuntimeError("the agent's loop ended")
     except BaseException as exc:
         _fatal(exc)

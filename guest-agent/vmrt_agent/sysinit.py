@@ -128,3 +128,17 @@ def open_port(name: str, timeout: float = 10.0) -> int:
         # Before the event loop exists, and bounded: polling is the only
         # notice of a probed port without udev.
         time.sleep(0.05)
+
+
+def root_is_initramfs() -> bool:
+    """Whether / is the kernel's initial rootfs (which pivot_root cannot leave)."""
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 4 and fields[4] == "/":
+                    fstype = fields[fields.index("-") + 1]
+                    return fstype in ("rootfs", "ramfs", "tmpfs") and fields[2].startswith("0:")
+    except (OSError, ValueError):
+        pass
+    return False

@@ -61,14 +61,24 @@ def _stage(staging: Path, rootfs: str, binds: list[BindSource]) -> None:
         mount.bind(b.source, str(target))
 
 
-def _unstage(staging: Path) -> None:
-    """Unmount and remove the staging entries, never recursively: if an unmount
-    failed, rmdir/unlink refuse the mount point instead of deleting the user's files."""
+def _unmount_staging(staging: Path) -> None:
+    """Drop the monitor's staging mounts but keep the mount-point entries: removing a
+    mount point detaches the mounts on it in *every* namespace, virtiofsd's included."""
     if not staging.exists():
         return
     for entry in sorted(staging.iterdir(), reverse=True):
         with contextlib.suppress(OSError):
             mount.umount(str(entry))
+
+
+def _unstage(staging: Path) -> None:
+    """Unmount and remove the staging entries, never recursively: if an unmount
+    failed, rmdir/unlink refuse the mount point instead of deleting the user's files.
+    Only once virtiofsd is gone (see _unmount_staging)."""
+    if not staging.exists():
+        return
+    _unmount_staging(staging)
+    for entry in sorted(staging.iterdir(), reverse=True):
         with contextlib.suppress(OSError):
             if entry.is_dir() and not entry.is_symlink():
                 entry.rmdir()
@@ -132,7 +142,7 @@ async def plug(qmp: QMP, sbdir: SandboxDir, virtiofsd: str, container_id: str, s
     # virtiofsd took its own copy of the staged mounts when it set up its sandbox
     # (before it could answer the vhost-user handshake device_add waited for), so the
     # monitor's binds can go now: nothing stays mounted on the host's side.
-    _unstage(staging)
+    _unmount_staging(staging)
     return Share(container_id, tag, device_id, chardev_id, slot, staging, proc)
 
 

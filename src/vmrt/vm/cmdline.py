@@ -47,7 +47,7 @@ def build(vm: VMSpec) -> list[str]:
     argv = [
         vm.qemu,
         "-name", f"vmrt-{opt(vm.name)},debug-threads=on",
-        "-machine", f"{opt(vm.machine)},accel={vm.accel},memory-backend=mem",
+        "-machine", f"{opt(vm.machine)},memory-backend=mem",
         "-object", f"memory-backend-memfd,id=mem,size={mem},share=on",
         "-m", mem,
         "-smp", str(vm.vcpus),
@@ -68,7 +68,7 @@ def build(vm: VMSpec) -> list[str]:
         # One vCPU thread, and a bounded translation cache: ~27 MiB less per VM, same boot.
         argv += ["-accel", f"tcg,thread=single,tb-size={vm.tb_size_mib}", "-cpu", "max"]
     else:
-        argv += ["-cpu", "host"]
+        argv += ["-accel", "kvm", "-cpu", "host"]
     for slot in range(vm.hotplug_slots):
         argv += ["-device",
                  f"pcie-root-port,id={root_port_id(slot)},bus=pcie.0,chassis={slot + 1},"
