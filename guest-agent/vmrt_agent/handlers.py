@@ -63,7 +63,7 @@ async def start_container(services: Services, args: Args) -> Result:
 
 
 async def kill_container(services: Services, args: Args) -> Result:
-    req = KillRequest(id=_id(args), signal=get_int(args, "signal", lo=1, hi=64),
+    req = KillRequest(id=_id(args), signal=get_int(args, "signal", lo=0, hi=64),
                       all=get_bool(args, "all"))
     await services.containers.kill(req)
     return {}

@@ -36,6 +36,7 @@ class Config:
     memory_mib: int = 512
     hotplug_slots: int = 8
     tb_size_mib: int = 64
+    root: str = "erofs"  # erofs (read-only disk image) | initramfs
     kernel: str = ""  # empty: the built image's kernel
     initrd: str = ""  # empty: the built image's initrd
     cache_dir: str = ""  # empty: the user cache dir
@@ -76,5 +77,7 @@ def load(path: str | None = None) -> Config:
         changes[key] = value
     if changes.get("accel", cfg.accel) not in ("auto", "kvm", "tcg"):
         raise ConfigError(f"config {path}: accel must be auto, kvm or tcg")
+    if changes.get("root", cfg.root) not in ("erofs", "initramfs"):
+        raise ConfigError(f"config {path}: root must be erofs or initramfs")
     source = dict(cfg.source) | {k: path for k in changes}
     return replace(cfg, **changes, source=source)

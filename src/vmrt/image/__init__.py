@@ -24,6 +24,7 @@ class GuestImage:
     kernel: str
     initrd: str
     cmdline: tuple[str, ...]
+    root_image: str = ""  # an erofs root on virtio-blk; then `initrd` is not booted
 
 
 def ensure_image(cfg: Config, progress: Callable[[str], None] | None = None) -> GuestImage:
@@ -46,6 +47,14 @@ def ensure_image(cfg: Config, progress: Callable[[str], None] | None = None) -> 
     for path in (kernel, initrd):
         if not path.is_file():
             raise ImageError(f"guest image file {path} is missing")
+    if cfg.root == "erofs" and not cfg.initrd:
+        from vmrt.image.rootfs import EROFS_ROOT_CMDLINE, erofs_image
+
+        erofs = erofs_image(initrd)
+        if erofs is None:
+            raise ImageError(f"no erofs root beside {initrd}")
+        return GuestImage(str(kernel), str(initrd), (*KERNEL_CMDLINE, *EROFS_ROOT_CMDLINE),
+                          str(erofs))
     return GuestImage(str(kernel), str(initrd), tuple(KERNEL_CMDLINE))
 
 

@@ -20,7 +20,13 @@ Build steps (into a private temp dir, renamed into place atomically):
 5. check: every kept ELF file's loader and ``DT_NEEDED`` libraries resolve inside
    the root, no symlink dangles, and the guest interpreter imports the agent's
    modules and the stdlib it relies on from ``.pyc`` files without compiling;
-6. pack a reproducible cpio (sorted, root-owned, mtime 0) with ``/dev/console``.
+6. pack a reproducible cpio (sorted, root-owned, mtime 0) with ``/dev/console``,
+   and, when ``mkfs.erofs`` is installed, the same tree as ``root.erofs``.
+
+Measured under TCG with the minimal kernel (medians of 9, busy 2-core host):
+launch -> agent hello 1.70 s from the initramfs, 1.59-1.74 s from the erofs
+disk -- a tie -- but QEMU's PSS after hello is ~257 MB with the initramfs and
+~170 MB with erofs, which reads only the pages it touches.
 """
 
 from __future__ import annotations
@@ -46,7 +52,7 @@ from vmrt.image.cpio import DeviceNode, pack_tree
 from vmrt.image.elf import check_closure, resolve_in_root
 
 #: Bump when the build steps change in a way that changes the image.
-BUILDER_VERSION: Final = "rootfs-3"
+BUILDER_VERSION: Final = "rootfs-4"
 
 PYTHON: Final = "python3.11"
 PY_LIB: Final = f"usr/lib/{PYTHON}"
@@ -54,6 +60,12 @@ GUEST_PYTHON: Final = f"/usr/bin/{PYTHON}"
 AGENT_PACKAGE: Final = "vmrt_agent"
 AGENT_DIR_IN_ROOT: Final = f"{PY_LIB}/{AGENT_PACKAGE}"
 IMAGE_NAME: Final = "initrd.img"
+#: The same tree as a read-only erofs image, built beside the initramfs when
+#: ``mkfs.erofs`` is installed.  Boot it on the first virtio-blk disk with
+#: :data:`EROFS_ROOT_CMDLINE` (needs a kernel with erofs and virtio-blk built in,
+#: and devtmpfs automount: the image has no device nodes).
+EROFS_NAME: Final = "root.erofs"
+EROFS_ROOT_CMDLINE: Final[tuple[str, ...]] = ("root=/dev/vda", "rootfstype=erofs", "ro", "init=/init")
 MANIFEST_NAME: Final = "manifest.json"
 DEBS_DIR_NAME: Final = "debs"
 LOCK_NAME: Final = ".rootfs.lock"
@@ -350,6 +362,7 @@ def _build(
         with (out / IMAGE_NAME).open("wb") as f:
             writer = pack_tree(root, f, devices=DEVICES)
         size = (out / IMAGE_NAME).stat().st_size
+        erofs = build_erofs(root, out / EROFS_NAME)
         manifest = {
             "key": key,
             "builder_version": BUILDER_VERSION,
@@ -361,6 +374,13 @@ def _build(
             "sha256": debs_mod.sha256_file(out / IMAGE_NAME),
             "packages": [{"name": d.name, "version": d.version, "sha256": d.sha256} for d in packages],
             "agent_files": sorted(agent),
+            "erofs": None
+            if erofs is None
+            else {
+                "file": EROFS_NAME,
+                "size": erofs.stat().st_size,
+                "sha256": debs_mod.sha256_file(erofs),
+            },
         }
         (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
         (out / IMAGE_NAME).chmod(0o644)
@@ -424,6 +444,37 @@ def populate(root: Path) -> None:
     init.write_text(INIT_SCRIPT)
     init.chmod(0o755)
     link_busybox(root)
+
+
+def build_erofs(root: Path, out: Path) -> Path | None:
+    """The root as a reproducible erofs image (uncompressed), or None without mkfs.erofs."""
+    if shutil.which("mkfs.erofs") is None:
+        return None
+    proc = subprocess.run(
+        [
+            "mkfs.erofs",
+            "--quiet",
+            "--all-root",
+            "-T0",
+            "-U",
+            "00000000-0000-0000-0000-000000000000",
+            str(out),
+            str(root),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RootfsError(f"mkfs.erofs failed: {proc.stderr.strip()}")
+    out.chmod(0o644)
+    return out
+
+
+def erofs_image(image: Path) -> Path | None:
+    """The erofs twin of an initramfs built by :func:`ensure_rootfs`, if one was built."""
+    candidate = image.parent / EROFS_NAME
+    return candidate if candidate.is_file() else None
 
 
 def link_busybox(root: Path) -> int:
@@ -620,7 +671,7 @@ def rootfs_contents_summary(image: Path) -> dict[str, object]:
     except (OSError, ValueError):
         summary["manifest"] = None
         return summary
-    for field in ("key", "builder_version", "built_at", "build_seconds", "format", "files"):
+    for field in ("key", "builder_version", "built_at", "build_seconds", "format", "files", "erofs"):
         summary[field] = manifest.get(field)
     summary["packages"] = {p["name"]: p["version"] for p in manifest.get("packages", [])}
     summary["agent_files"] = manifest.get("agent_files", [])

@@ -18,7 +18,8 @@ def main() -> int:
     args = MonitorArgs(
         root=Root.at(spec["root"]), sandbox_id=spec["sandbox_id"], name=spec["name"],
         kernel=spec["kernel"], initrd=spec["initrd"],
-        kernel_cmdline=tuple(spec["kernel_cmdline"]), accel=spec["accel"], config=cfg)
+        kernel_cmdline=tuple(spec["kernel_cmdline"]), root_image=spec["root_image"],
+        accel=spec["accel"], config=cfg)
     return run(args, int(spec["ready_fd"]))
 
 

@@ -43,6 +43,7 @@ class MonitorArgs:
     kernel: str
     initrd: str
     kernel_cmdline: tuple[str, ...]
+    root_image: str
     accel: str
     config: Config
 
@@ -84,7 +85,8 @@ class Monitor:
             kernel_cmdline=(*self.args.kernel_cmdline, f"vmrt.nonce={nonce}"),
             qmp_fd=qmp_vm.fileno(), agent_fd=agent_vm.fileno(),
             console_log=str(self.sbdir.console_log), hotplug_slots=self.cfg.hotplug_slots,
-            tb_size_mib=self.cfg.tb_size_mib, sandbox=self.cfg.sandbox_qemu)
+            tb_size_mib=self.cfg.tb_size_mib, sandbox=self.cfg.sandbox_qemu,
+            root_image=self.args.root_image)
         argv = cmdline.build(vm)
         self.log.info("launching qemu", argv=argv)
         self.qemu = qemu.launch(argv, qemu_fds=[qmp_vm.fileno(), agent_vm.fileno()],

@@ -20,12 +20,13 @@ from vmrt.util.proc import close_fds_except
 
 
 def spawn(root: Root, sandbox_id: str, *, name: str, kernel: str, initrd: str,
-          kernel_cmdline: tuple[str, ...], accel: str, config_path: str | None,
+          kernel_cmdline: tuple[str, ...], root_image: str, accel: str, config_path: str | None,
           timeout: float) -> dict[str, Any]:
     rfd, wfd = os.pipe()
     spec = {
         "root": str(root.path), "sandbox_id": sandbox_id, "name": name, "kernel": kernel,
-        "initrd": initrd, "kernel_cmdline": list(kernel_cmdline), "accel": accel,
+        "initrd": initrd, "kernel_cmdline": list(kernel_cmdline), "root_image": root_image,
+        "accel": accel,
         "config_path": config_path, "ready_fd": wfd,
     }
     log_path = root.sandbox(sandbox_id).monitor_log

@@ -25,7 +25,8 @@ def boot(ctx: Context, state: SandboxState) -> None:
     image = ensure_image(cfg)
     accel = probe(cfg.accel).accel
     spawn.spawn(ctx.root, state.id, name=state.name, kernel=image.kernel, initrd=image.initrd,
-                kernel_cmdline=image.cmdline, accel=accel, config_path=ctx.config_path,
+                kernel_cmdline=image.cmdline, root_image=image.root_image, accel=accel,
+                config_path=ctx.config_path,
                 timeout=cfg.boot_timeout_s + 15)
 
 

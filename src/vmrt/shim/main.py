@@ -62,6 +62,7 @@ def spawn(spec: ShimSpec) -> int:
         except BaseException as exc:
             with contextlib.suppress(OSError):
                 os.write(wfd, f"shim failed: {exc}\n".encode())
+            _log_failure(spec, exc)
         os._exit(code)
     os.close(wfd)
     try:
@@ -219,10 +220,20 @@ class Shim:
             return status.code or 0
         # Die of the same signal, so our waiter sees WIFSIGNALED exactly as with runc.
         signal.set_wakeup_fd(-1)
-        signal.signal(status.signal, signal.SIG_DFL)
+        if status.signal not in (signal.SIGKILL, signal.SIGSTOP):  # those have no handler
+            signal.signal(status.signal, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, [status.signal])
         os.kill(os.getpid(), status.signal)
         return status.wait_code  # the signal is one whose default is to be ignored
+
+
+def _log_failure(spec: ShimSpec, exc: BaseException) -> None:
+    """The shim's stdio belongs to the container; its own failures go beside the monitor's log."""
+    import traceback
+
+    with contextlib.suppress(OSError), open(spec.monitor_sock.with_name("shim.log"), "a") as f:
+        f.write(f"shim of {spec.container_id} failed:\n")
+        traceback.print_exception(exc, file=f)
 
 
 def _write_all(fd: int, data: bytes) -> None:
