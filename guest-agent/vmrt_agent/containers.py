@@ -46,6 +46,7 @@ class CreateRequest:
     share_tag: str
     spec: dict[str, Any]
     terminal: bool
+    no_new_keyring: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +157,10 @@ class Containers:
         args = ["create", "--bundle", bundle_dir, "--pid-file", pid_file]
         if self._config.no_pivot:
             args.append("--no-pivot")
+        # A session keyring is named after the container; names starting with "." are
+        # reserved by the kernel, so such a container shares the agent's keyring.
+        if req.no_new_keyring or req.id.startswith("."):
+            args.append("--no-new-keyring")
         # Whatever create left behind goes if anything below fails.
         undo.push_async_callback(self._force_delete, req.id)
         if req.terminal:

@@ -48,6 +48,7 @@ def create_container(services: Services, args: Args) -> Awaitable[Result]:
         share_tag=get_str(args, "share_tag", max_len=64),
         spec=get_dict(args, "spec"),
         terminal=get_bool(args, "terminal"),
+        no_new_keyring=get_bool(args, "no_new_keyring"),
     )
     creating = services.containers.create(req)  # reserves id and channel now
 

@@ -115,6 +115,19 @@ def _check_version(version: str) -> str:
     return version
 
 
+def _check_executable(rootfs: str, exe: str, env: list[str] | tuple[str, ...]) -> None:
+    """runc finds the program at create time; podman maps these words to exit 127."""
+    from vmrt.util.rootpath import find_executable
+
+    if find_executable(rootfs, exe, list(env)) is not None:
+        return
+    if "/" in exe:
+        raise ConfigError(f'unable to start container process: exec: "{exe}": '
+                          f"stat {exe}: no such file or directory")
+    raise ConfigError(f'unable to start container process: exec: "{exe}": '
+                      "executable file not found in $PATH")
+
+
 def load(bundle: str | os.PathLike[str]) -> Spec:
     bundle_path = Path(os.path.abspath(bundle))
     if not bundle_path.is_dir():
@@ -154,8 +167,16 @@ def parse(bundle: Path, raw: Any) -> Spec:
     root = _expect(root, dict, "root")
     root_path = _expect(root.get("path"), str, "root.path")
     rootfs = Path(root_path) if os.path.isabs(root_path) else bundle / root_path
-    if not rootfs.is_dir():
+    if not rootfs.exists():
         raise ConfigError(f"invalid rootfs: stat {rootfs}: no such file or directory")
+    if os.path.realpath(rootfs) != os.path.normpath(rootfs) or not rootfs.is_dir():
+        raise ConfigError("invalid rootfs: not an absolute path, or a symlink")
+    env = _str_list(process.get("env", []), "process.env")
+    for var in env:
+        if "=" not in var:
+            raise ConfigError("unable to start container process: error during container init: "
+                              f'invalid environment variable: "{var}"')
+    _check_executable(str(rootfs), args[0], env)
     mounts = []
     for i, m in enumerate(_expect(doc.get("mounts", []), list, "mounts")):
         m = _expect(m, dict, f"mounts[{i}]")

@@ -82,10 +82,16 @@ class Root:
         return self.path / "sandboxes"
 
     def container(self, container_id: str) -> ContainerDir:
-        return ContainerDir(self.containers / container_id)
+        """Every path of a container is made here, so every ID is validated here: an ID
+        is a path component, and `/` or `..` in it would name another directory."""
+        from vmrt.ids import validate_id
+
+        return ContainerDir(self.containers / validate_id(container_id))
 
     def sandbox(self, sandbox_id: str) -> SandboxDir:
-        return SandboxDir(self.sandboxes / sandbox_id)
+        from vmrt.ids import validate_id
+
+        return SandboxDir(self.sandboxes / validate_id(sandbox_id))
 
     def ensure(self) -> None:
         """Create the root 0700: it holds sockets that drive VMs as root."""

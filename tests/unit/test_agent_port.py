@@ -245,7 +245,7 @@ def test_malformed_requests_are_answered_invalid(agent: AgentProc) -> None:
         "invalid"
     assert agent.call("create_container", id="c", channel=0, share_tag=TAG, spec={}).kind == \
         "invalid"
-    assert agent.call("kill_container", id="c", signal=0).kind == "invalid"
+    assert agent.call("kill_container", id="c", signal=65).kind == "invalid"
     resp = agent.call("start_container", id="nope")
     assert (resp.ok, resp.kind, resp.error) == (False, "not_found", "container does not exist")
 

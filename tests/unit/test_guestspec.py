@@ -10,7 +10,8 @@ from vmrt.runtime import guestspec
 
 
 def test_guest_spec(tmp_path: Path) -> None:
-    (tmp_path / "rootfs").mkdir()
+    (tmp_path / "rootfs" / "bin").mkdir(parents=True)
+    (tmp_path / "rootfs" / "bin" / "sh").touch(mode=0o755)
     hosts = tmp_path / "hosts"
     hosts.write_text("127.0.0.1 localhost\n")
     doc = {

@@ -168,6 +168,12 @@ def test_cmdline_has_the_serial_console_and_keeps_hotplug_buses() -> None:
     assert all(o and " " not in o for o in KERNEL_CMDLINE)
 
 
+def test_tcg_only_options_stay_out_of_the_base_cmdline() -> None:
+    # noapictimer helps TCG boot but would route every timer through the HPET under KVM
+    assert "noapictimer" in kernel.KERNEL_CMDLINE_TCG
+    assert not set(kernel.KERNEL_CMDLINE_TCG) & set(KERNEL_CMDLINE)
+
+
 def test_cache_key_depends_on_fragment_and_version() -> None:
     a = cache_key(b"CONFIG_A=y\n", "6.1.1-1")
     assert a == cache_key(b"CONFIG_A=y\n", "6.1.1-1")
@@ -205,3 +211,17 @@ def test_lost_settings_are_listed() -> None:
     assert "CONFIG_C" in text
     assert "CONFIG_A" not in text
     assert "CONFIG_D" not in text
+
+
+def test_work_dirs_of_dead_builders_are_removed(tmp_path: Path) -> None:
+    dead = tmp_path / ".tmp-build-dead"
+    alive = tmp_path / ".tmp-build-alive"
+    fresh = tmp_path / ".tmp-build-fresh"  # its builder has not locked its owner file yet
+    for d in (dead, alive, fresh):
+        d.mkdir()
+    (dead / ".owner").touch()
+    with kernel._locked(alive / ".owner"):
+        kernel._remove_stale(tmp_path)
+    assert not dead.exists()
+    assert alive.exists()
+    assert fresh.exists()

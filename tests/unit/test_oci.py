@@ -42,7 +42,8 @@ def test_member_without_pod_is_refused() -> None:
 
 
 def _bundle(tmp_path: Path, doc: object) -> Path:
-    (tmp_path / "rootfs").mkdir(exist_ok=True)
+    (tmp_path / "rootfs" / "bin").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "rootfs" / "bin" / "sh").touch(mode=0o755)
     (tmp_path / "config.json").write_text(json.dumps(doc))
     return tmp_path
 
@@ -71,6 +72,16 @@ def test_truncated_json(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text(json.dumps(GOOD)[:20])
     with pytest.raises(ConfigError, match="not valid JSON"):
         oci.load(tmp_path)
+
+
+def test_program_is_looked_up_in_the_rootfs(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match='exec: "nope": executable file not found in \\$PATH'):
+        oci.load(_bundle(tmp_path, {**GOOD, "process": {"args": ["nope"]}}))
+    # a link that is absolute *inside* the image resolves inside it, not on the host
+    (tmp_path / "rootfs" / "usr").mkdir()
+    (tmp_path / "rootfs" / "usr" / "sbin").symlink_to("/bin")
+    spec = oci.load(_bundle(tmp_path, {**GOOD, "process": {"args": ["/usr/sbin/sh"]}}))
+    assert spec.args == ("/usr/sbin/sh",)
 
 
 def test_good_document(tmp_path: Path) -> None:

@@ -359,3 +359,7 @@ def test_real_rootfs(tmp_path: Path) -> None:
     assert missing == []
     assert rootfs.stale_pycs(root / "usr/lib/python3.11") == []
     assert all(e.uid == 0 and e.gid == 0 for e in entries)
+    if shutil.which("mkfs.erofs"):
+        erofs = rootfs.erofs_image(image)
+        assert erofs is not None
+        assert erofs.read_bytes()[1024:1028] == b"\xe2\xe1\xf5\xe0"  # EROFS_SUPER_MAGIC_V1

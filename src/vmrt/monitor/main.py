@@ -256,6 +256,7 @@ class Monitor:
         binds = [shares.BindSource(protocol.get_str(b, "name"), protocol.get_str(b, "source"))
                  for b in args.get("binds", [])]
         terminal = protocol.get_bool(args, "terminal")
+        no_new_keyring = protocol.get_bool(args, "no_new_keyring")
         assert self.agent is not None
         async with self.device_lock:
             state = self.store.load_sandbox(self.args.sandbox_id)
@@ -276,7 +277,8 @@ class Monitor:
         try:
             result = await self.agent.call(
                 "create_container", timeout=self.cfg.request_timeout_s, id=cid,
-                channel=channel_no, share_tag=share.tag, spec=spec, terminal=terminal)
+                channel=channel_no, share_tag=share.tag, spec=spec, terminal=terminal,
+                no_new_keyring=no_new_keyring)
         except BaseException:
             self.agent.unregister_channel(channel_no)
             del self.channels[channel_no]

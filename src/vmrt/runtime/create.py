@@ -88,6 +88,7 @@ def _create_in_vm(ctx: Context, spec: oci.Spec, opts: CreateOptions,
     with sandboxes.monitor(ctx, sandbox_id) as mon:
         result = mon.call("create_container", id=opts.id, spec=gspec.spec,
                           rootfs=str(spec.rootfs), terminal=spec.terminal,
+                          no_new_keyring=opts.no_new_keyring,
                           binds=[{"name": b.name, "source": b.source} for b in gspec.binds])
     channel = int(result.get("channel", 0))
     tty_fd = None

@@ -36,6 +36,7 @@ def share_dir(container_id: str) -> str:
 
 def build(spec: Spec, container_id: str) -> GuestSpec:
     doc: dict[str, Any] = copy.deepcopy(dict(spec.raw))
+    doc["ociVersion"] = spec.oci_version
     base = share_dir(container_id)
     doc["root"] = {**doc.get("root", {}), "path": f"{base}/rootfs"}
     binds: list[GuestBind] = []

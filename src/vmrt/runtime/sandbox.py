@@ -24,8 +24,13 @@ def boot(ctx: Context, state: SandboxState) -> None:
     cfg = ctx.config
     image = ensure_image(cfg)
     accel = probe(cfg.accel).accel
+    cmdline = image.cmdline
+    if accel == "tcg":
+        from vmrt.image.kernel import KERNEL_CMDLINE_TCG
+
+        cmdline = (*cmdline, *KERNEL_CMDLINE_TCG)
     spawn.spawn(ctx.root, state.id, name=state.name, kernel=image.kernel, initrd=image.initrd,
-                kernel_cmdline=image.cmdline, root_image=image.root_image, accel=accel,
+                kernel_cmdline=cmdline, root_image=image.root_image, accel=accel,
                 config_path=ctx.config_path,
                 timeout=cfg.boot_timeout_s + 15)
 

@@ -84,6 +84,8 @@ class Store:
             if not self._reclaim_abandoned(cdir):
                 raise ExistsError() from None
             cdir.mkdir(mode=0o700)
+        except OSError as exc:
+            raise VmrtError(f"mkdir {cdir}: {exc.strerror.lower() if exc.strerror else exc}") from exc
         return cdir
 
     def _reclaim_abandoned(self, cdir: Path) -> bool:
