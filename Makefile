@@ -4,7 +4,7 @@ PY      := $(VENV)/bin/python
 PYTEST  := $(VENV)/bin/pytest
 APT_PACKAGES := qemu-system-x86 qemu-utils busybox-static crun runc conmon podman containerd \
 	containernetworking-plugins erofs-utils cpio lz4 python3-venv python3-dev iproute2 \
-	util-linux bc flex bison libelf-dev libssl-dev xz-utils make gcc dwarves
+	util-linux bc flex bison libelf-dev libssl-dev libc6-dev xz-utils make gcc tar dpkg
 
 .PHONY: setup apt venv image demo test test-unit test-vm test-compat lint bench bench-quick soak clean sync-protocol
 
