@@ -42,6 +42,10 @@ def validate_tag(tag: str) -> str:
     return tag
 
 
+#: Guest directories every container of the pod may bind: the pod's shared /dev/shm.
+POD_SHARED: tuple[str, ...] = ("/run/vmrt/pod/shm",)
+
+
 def confine(path: str, *, share: str, bundle_dir: str, what: str) -> str:
     """Resolve ``path`` as crun would and require it inside ``share``.
 
@@ -84,6 +88,9 @@ def prepare_spec(spec: dict[str, Any], *, share: str, bundle_dir: str,
             source = mount.get("source")
             if not isinstance(source, str):
                 raise InvalidError(f"spec mounts[{index}].source must be a string")
+            if source in POD_SHARED:
+                os.makedirs(source, mode=0o1777, exist_ok=True)
+                continue
             mount["source"] = confine(source, share=share, bundle_dir=bundle_dir,
                                       what=f"bind mount source mounts[{index}].source")
     process = spec.get("process")

@@ -10,17 +10,21 @@ channel before any later frame is routed.
 
 from __future__ import annotations
 
+import re
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from vmrt_agent import protocol
+from vmrt_agent import control, network, protocol
 from vmrt_agent.containers import Containers, CreateRequest, KillRequest
-from vmrt_agent.errors import AgentError
+from vmrt_agent.errors import AgentError, InvalidError
 from vmrt_agent.protocol import ProtocolError, get_bool, get_dict, get_int, get_str
 
 Result = dict[str, Any]
 Args = dict[str, Any]
+
+_HOSTNAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,62}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +54,12 @@ def create_container(services: Services, args: Args) -> Awaitable[Result]:
         terminal=get_bool(args, "terminal"),
         no_new_keyring=get_bool(args, "no_new_keyring"),
     )
+    hostname = get_str(args, "pod_hostname", max_len=64, default="")
+    if hostname:
+        # The pod's UTS namespace is the VM's: its members that share it see this name.
+        if not _HOSTNAME_RE.fullmatch(hostname):
+            raise InvalidError(f"invalid hostname {hostname!r}")
+        socket.sethostname(hostname)
     creating = services.containers.create(req)  # reserves id and channel now
 
     async def finish() -> Result:
@@ -79,6 +89,52 @@ async def state_container(services: Services, args: Args) -> Result:
     return await services.containers.state(_id(args))
 
 
+async def setup_network(services: Services, args: Args) -> Result:
+    configs = network.parse_all(args.get("interfaces"))
+    return {"names": await network.setup(configs)}
+
+
+# --- the rest of runc's surface (vmrt_agent.control) ------------------------
+
+#: Bounds on ps(1) options from the host: a few short words.
+_MAX_PS_ARGS: Final = 32
+
+
+def _short_strings(value: Any) -> bool:
+    return isinstance(value, list) and len(value) <= _MAX_PS_ARGS and all(
+        isinstance(a, str) and len(a) <= 256 and "\x00" not in a for a in value)
+
+
+async def pause_container(services: Services, args: Args) -> Result:
+    await control.pause(services.containers, _id(args))
+    return {}
+
+
+async def resume_container(services: Services, args: Args) -> Result:
+    await control.resume(services.containers, _id(args))
+    return {}
+
+
+async def update_container(services: Services, args: Args) -> Result:
+    await control.update(services.containers, _id(args), get_dict(args, "resources"))
+    return {}
+
+
+async def ps_container(services: Services, args: Args) -> Result:
+    ps_args = args.get("ps_args")
+    if ps_args is not None and not _short_strings(ps_args):
+        raise ProtocolError("argument 'ps_args' must be a list of short strings")
+    return await control.ps(services.containers, _id(args), ps_args)
+
+
+async def stats_container(services: Services, args: Args) -> Result:
+    return await control.stats(services.containers, _id(args))
+
+
+async def resize_guest(services: Services, args: Args) -> Result:
+    return await control.resize_guest(get_int(args, "vcpus", lo=1, hi=512))
+
+
 HANDLERS: Final[dict[str, Handler]] = {
     "ping": ping,
     "create_container": create_container,
@@ -86,6 +142,13 @@ HANDLERS: Final[dict[str, Handler]] = {
     "kill_container": kill_container,
     "delete_container": delete_container,
     "state_container": state_container,
+    "setup_network": setup_network,
+    "pause_container": pause_container,
+    "resume_container": resume_container,
+    "update_container": update_container,
+    "ps_container": ps_container,
+    "stats_container": stats_container,
+    "resize_guest": resize_guest,
 }
 
 

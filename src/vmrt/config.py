@@ -34,7 +34,10 @@ class Config:
     machine: str = "q35"
     vcpus: int = 1
     memory_mib: int = 512
-    hotplug_slots: int = 8
+    #: Bounds of VM growth by hot-plug (containers' CPU and memory limits); 0: the host's.
+    max_vcpus: int = 0
+    max_memory_mib: int = 0
+    hotplug_slots: int = 16
     tb_size_mib: int = 64
     root: str = "erofs"  # erofs (read-only disk image) | initramfs
     kernel: str = ""  # empty: the built image's kernel

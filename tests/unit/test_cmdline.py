@@ -28,8 +28,9 @@ def test_golden() -> None:
     assert ("-chardev", "socket,id=agent,fd=6") in pairs
     assert ("-device", "virtserialport,chardev=agent,name=vmrt.agent,bus=vser0.0") in pairs
     assert ("-accel", "tcg,thread=single,tb-size=64") in pairs
-    assert ("-device", "pcie-root-port,id=rp0,bus=pcie.0,chassis=1,addr=0x10") in pairs
-    assert ("-device", "pcie-root-port,id=rp1,bus=pcie.0,chassis=2,addr=0x11") in pairs
+    assert ("-device",
+            "pcie-root-port,id=rp0,bus=pcie.0,chassis=1,addr=0x10.0,multifunction=on") in pairs
+    assert ("-device", "pcie-root-port,id=rp1,bus=pcie.0,chassis=2,addr=0x10.1") in pairs
     assert ("-append", "console=ttyS0 quiet") in pairs
     assert argv[argv.index("-sandbox") + 1].startswith("on,obsolete=deny")
     assert "-no-reboot" in argv and "-nodefaults" in argv
@@ -50,3 +51,24 @@ def test_kvm_uses_host_cpu() -> None:
     argv = cmdline.build(cmdline.VMSpec(**{**BASE.__dict__, "accel": "kvm"}))
     assert argv[argv.index("-cpu") + 1] == "host"
     assert argv[argv.index("-accel") + 1] == "kvm"
+
+
+def test_no_hotplug_bounds_no_hotplug_devices() -> None:
+    argv = cmdline.build(BASE)
+    assert argv[argv.index("-m") + 1] == "512M"
+    assert argv[argv.index("-smp") + 1] == "1"
+    assert not any("virtio-mem" in a for a in argv)
+
+
+def test_hotplug_bounds() -> None:
+    """vCPUs up to maxcpus by device_add; memory by one virtio-mem device whose RAM is a
+    shared memfd like the base RAM (virtio-fs must reach hot-plugged memory too)."""
+    vm = cmdline.VMSpec(**{**BASE.__dict__, "max_vcpus": 4, "max_memory_mib": 4700})
+    pairs = _pairs(cmdline.build(vm))
+    assert ("-smp", "1,maxcpus=4") in pairs
+    # the region above the base is rounded down to whole 128 MiB memory blocks
+    assert ("-m", "512M,maxmem=4608M") in pairs
+    assert ("-object", "memory-backend-memfd,id=hotmem,size=4096M,share=on") in pairs
+    assert ("-device", "virtio-mem-pci,id=vmem0,memdev=hotmem,requested-size=0,block-size=2M") \
+        in pairs
+    assert cmdline.HOTPLUG_MEMORY_PATH == "/machine/peripheral/vmem0"

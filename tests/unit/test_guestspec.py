@@ -33,5 +33,41 @@ def test_guest_spec(tmp_path: Path) -> None:
     assert g.binds == (guestspec.GuestBind("m1", str(hosts)),)
     assert "hooks" not in g.spec and "apparmorProfile" not in g.spec["process"]
     assert g.spec["linux"]["cgroupsPath"] == "/vmrt/c1"
-    assert g.spec["linux"]["namespaces"] == [{"type": "pid"}, {"type": "ipc"}]
+    # ipc named by path: the pod's, i.e. the VM's own; network: always the VM's
+    assert g.spec["linux"]["namespaces"] == [{"type": "pid"}]
     assert doc["linux"]["namespaces"][1]["path"] == "/proc/1/ns/net"  # input untouched
+
+
+def _pod_bundle(tmp_path: Path, annotations: dict[str, str], namespaces: list[dict[str, str]],
+                shm_source: str) -> Path:
+    (tmp_path / "rootfs" / "bin").mkdir(parents=True)
+    (tmp_path / "rootfs" / "bin" / "sh").touch(mode=0o755)
+    doc = {"ociVersion": "1.0.2", "process": {"args": ["sh"]}, "root": {"path": "rootfs"},
+           "hostname": "pod-a", "annotations": annotations,
+           "mounts": [{"destination": "/dev/shm", "type": "bind", "source": shm_source,
+                       "options": ["rbind"]}],
+           "linux": {"namespaces": namespaces}}
+    (tmp_path / "config.json").write_text(json.dumps(doc))
+    return tmp_path
+
+
+def test_sandbox_lives_in_the_vms_namespaces(tmp_path: Path) -> None:
+    b = _pod_bundle(tmp_path, {"io.kubernetes.cri-o.ContainerType": "sandbox"},
+                    [{"type": t} for t in ("pid", "ipc", "uts", "mount", "network")], str(tmp_path))
+    g = guestspec.build(oci.load(b), "infra")
+    assert g.spec["linux"]["namespaces"] == [{"type": "mount"}]
+    assert g.pod_hostname == "pod-a"  # the VM takes the pod's hostname
+    assert "hostname" not in g.spec  # crun could not set it without a UTS namespace
+    assert g.spec["mounts"][0]["source"] == guestspec.POD_SHM and not g.binds
+
+
+def test_member_joins_by_path_and_keeps_private_ones(tmp_path: Path) -> None:
+    b = _pod_bundle(tmp_path, {"io.kubernetes.cri-o.ContainerType": "container",
+                               "io.kubernetes.cri-o.SandboxID": "infra"},
+                    [{"type": "pid"}, {"type": "ipc", "path": "/proc/7/ns/ipc"},
+                     {"type": "uts", "path": "/proc/7/ns/uts"}, {"type": "mount"}],
+                    str(tmp_path))
+    g = guestspec.build(oci.load(b), "c1")
+    assert g.spec["linux"]["namespaces"] == [{"type": "pid"}, {"type": "mount"}]
+    assert g.pod_hostname == ""  # a member does not rename the pod
+    assert g.spec["mounts"][0]["source"] == guestspec.POD_SHM

@@ -15,16 +15,17 @@ import json
 import os
 import secrets
 import signal
-import time
 from dataclasses import dataclass, replace
 from typing import Any
 
 from vmrt import log, protocol
 from vmrt.config import Config
 from vmrt.errors import MonitorError, SandboxError, VMLaunchError, VmrtError
-from vmrt.monitor import shares
+from vmrt.monitor import debug_qmp, shares
 from vmrt.monitor.agent_link import AgentLink
 from vmrt.monitor.channels import ProcessChannel
+from vmrt.monitor.network import PodNetwork
+from vmrt.monitor.sizing import VMSizer
 from vmrt.paths import Root, SandboxDir
 from vmrt.protocol import ExitStatus, FrameType
 from vmrt.state.model import Device, ProcessRef
@@ -54,6 +55,8 @@ class ContainerEntry:
     channel: ProcessChannel
     share: shares.Share
     guest_pid: int
+    #: Its virtiofsd died: the guest can finish no request on the share, nor let go of it.
+    share_lost: bool = False
 
 
 class Monitor:
@@ -72,6 +75,13 @@ class Monitor:
         self.done = asyncio.Event()
         self.device_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.network = PodNetwork(
+            qmp=self.qmp, agent=lambda: self.agent, store=self.store,
+            sandbox_id=args.sandbox_id, device_lock=self.device_lock,
+            slots=self.cfg.hotplug_slots, timeout=self.cfg.request_timeout_s, log=self.log)
+        self.sizer = VMSizer(qmp=self.qmp, agent=lambda: self.agent, store=self.store,
+                             sandbox_id=args.sandbox_id, cfg=self.cfg, accel=args.accel,
+                             log=self.log)
 
     # --- boot ----------------------------------------------------------------
 
@@ -86,7 +96,8 @@ class Monitor:
             qmp_fd=qmp_vm.fileno(), agent_fd=agent_vm.fileno(),
             console_log=str(self.sbdir.console_log), hotplug_slots=self.cfg.hotplug_slots,
             tb_size_mib=self.cfg.tb_size_mib, sandbox=self.cfg.sandbox_qemu,
-            root_image=self.args.root_image)
+            root_image=self.args.root_image, max_vcpus=self.sizer.limits.max_vcpus,
+            max_memory_mib=self.sizer.limits.max_mib)
         argv = cmdline.build(vm)
         self.log.info("launching qemu", argv=argv)
         self.qemu = qemu.launch(argv, qemu_fds=[qmp_vm.fileno(), agent_vm.fileno()],
@@ -148,14 +159,13 @@ class Monitor:
     async def serve(self, ready_fd: int) -> None:
         listener = bind_unix(self.sbdir.monitor_sock)
         server = await asyncio.start_unix_server(self._session, sock=listener)
-        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        # The booting `create` holds the sandbox lock while it waits for this line, and
+        # records these pids itself: taking the lock here would deadlock with it.
         pid = os.getpid()
-        self.store.update_sandbox(self.args.sandbox_id, lambda s: replace(
-            s, monitor=ProcessRef(pid, start_time(pid) or 0),
-            qemu=ProcessRef(self.qemu.pid, start_time(self.qemu.pid) or 0),
-            accel=self.args.accel, vcpus=self.cfg.vcpus, memory_mib=self.cfg.memory_mib,
-            created=s.created or now))
-        _report(ready_fd, {"ok": True, "monitor_pid": pid, "qemu_pid": self.qemu.pid})
+        _report(ready_fd, {"ok": True, "monitor": [pid, start_time(pid) or 0],
+                           "qemu": [self.qemu.pid, start_time(self.qemu.pid) or 0],
+                           "accel": self.args.accel, "vcpus": self.cfg.vcpus,
+                           "memory_mib": self.cfg.memory_mib})
         async with server:
             await self.done.wait()
 
@@ -189,14 +199,14 @@ class Monitor:
             writer.close()
 
     def _attach(self, req: protocol.Request, writer: asyncio.StreamWriter) -> ProcessChannel:
-        cid = protocol.get_str(req.args, "id")
-        entry = self.containers.get(cid)
-        if entry is None:
-            writer.write(protocol.response_error(req.id, "container does not exist", "not_found"))
-            raise SandboxError(f"attach to unknown container {cid}")
-        writer.write(protocol.response_ok(req.id, {"channel": entry.channel.channel}))
-        entry.channel.attach(writer)
-        return entry.channel
+        number = protocol.get_int(req.args, "channel", lo=1)
+        channel = self.channels.get(number)
+        if channel is None:
+            writer.write(protocol.response_error(req.id, "no such process", "not_found"))
+            raise SandboxError(f"attach to unknown channel {number}")
+        writer.write(protocol.response_ok(req.id, {"channel": number}))
+        channel.attach(writer)
+        return channel
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -225,19 +235,36 @@ class Monitor:
                 return {}
             case "create_container":
                 return await self._create(args)
-            case "start_container" | "kill_container" | "state_container":
+            case ("start_container" | "kill_container" | "state_container" | "pause_container"
+                  | "resume_container" | "update_container" | "ps_container" | "stats_container"):
                 cid = protocol.get_str(args, "id")
                 self._require(cid)
                 assert self.agent is not None
                 return await self.agent.call(req.op, timeout=timeout, **args)
+            case "vm_fit" | "vm_release" | "vm_size":
+                return await self.sizer.handle(req.op, args)
             case "delete_container":
                 return await self._delete(protocol.get_str(args, "id"),
                                           protocol.get_bool(args, "force"))
             case "shutdown":
                 self._spawn(self.shutdown())
                 return {}
+            case "devices":
+                chardevs = await self.qmp.execute("query-chardev")
+                return {"pci": await self.qmp.query_pci_ids(),
+                        "chardevs": sorted(c["label"] for c in chardevs)}
             case "info":
                 return {"containers": sorted(self.containers), "qemu_pid": self.qemu.pid}
+            case "attach_network":
+                return await self.network.attach()
+            case "detach_network":
+                return await self.network.detach_all()
+            case "network_info":
+                return await self.network.info()
+            case "qmp":  # `vmrt debug qmp`: QMP has one owner, so it goes through here
+                command, arguments = debug_qmp.parse(args)
+                self.log.warning("debug qmp", command=command, arguments=arguments)
+                return {"return": await self.qmp.execute(command, arguments)}
             case _:
                 raise MonitorError(f"unknown request {req.op!r}", "invalid")
 
@@ -257,6 +284,7 @@ class Monitor:
                  for b in args.get("binds", [])]
         terminal = protocol.get_bool(args, "terminal")
         no_new_keyring = protocol.get_bool(args, "no_new_keyring")
+        pod_hostname = protocol.get_str(args, "pod_hostname", default="", max_len=64)
         assert self.agent is not None
         async with self.device_lock:
             state = self.store.load_sandbox(self.args.sandbox_id)
@@ -278,7 +306,7 @@ class Monitor:
             result = await self.agent.call(
                 "create_container", timeout=self.cfg.request_timeout_s, id=cid,
                 channel=channel_no, share_tag=share.tag, spec=spec, terminal=terminal,
-                no_new_keyring=no_new_keyring)
+                no_new_keyring=no_new_keyring, pod_hostname=pod_hostname)
         except BaseException:
             self.agent.unregister_channel(channel_no)
             del self.channels[channel_no]
@@ -286,6 +314,7 @@ class Monitor:
             raise
         pid = result.get("pid")
         self.containers[cid] = ContainerEntry(cid, channel, share, pid if isinstance(pid, int) else 0)
+        self._watch_share(self.containers[cid])
         return {"channel": channel_no, "guest_pid": self.containers[cid].guest_pid}
 
     async def _unplug(self, share: shares.Share) -> None:
@@ -299,12 +328,52 @@ class Monitor:
     async def _delete(self, cid: str, force: bool) -> dict[str, Any]:
         entry = self._require(cid)
         assert self.agent is not None
+        if entry.share_lost or entry.share.virtiofsd.poll() is not None:
+            return await self._delete_lost(entry)
         await self.agent.call("delete_container", timeout=self.cfg.request_timeout_s,
                               id=cid, force=force)
         self.agent.unregister_channel(entry.channel.channel)
         self.channels.pop(entry.channel.channel, None)
         del self.containers[cid]
         await self._unplug(entry.share)
+        if self.containers:  # a VM that goes with its last container is not worth shrinking
+            self._spawn(self.sizer.release_quietly(cid))
+        return {}
+
+    def _watch_share(self, entry: ContainerEntry) -> None:
+        from vmrt.monitor import watch
+
+        def gone() -> None:
+            if self.containers.get(entry.id) is entry and not self.done.is_set():
+                self._spawn(self._lose_container(entry))
+
+        watch.on_exit(entry.share.virtiofsd.pid, gone)
+
+    async def _lose_container(self, entry: ContainerEntry) -> None:
+        """virtiofsd died under a live container (Kata stops the VM for this): its root is
+        gone for good, so the container is killed and its shim told, within a bound, even
+        if a process of it hangs forever on the dead share inside the guest."""
+        entry.share_lost = True
+        self.log.warning("virtiofsd died; killing its container", container=entry.id,
+                         code=entry.share.virtiofsd.poll())
+        await self._kill_quietly(entry.id)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5):
+                await entry.channel.exited.wait()
+        entry.channel.exit(ExitStatus(signal=signal.SIGKILL))
+
+    async def _delete_lost(self, entry: ContainerEntry) -> dict[str, Any]:
+        """Forget a container whose share is dead without waiting on the guest for what it
+        cannot do (unmount, unplug: DEVICE_DELETED never comes); its slot stays taken."""
+        assert self.agent is not None
+        with contextlib.suppress(VmrtError):
+            await self.agent.call("delete_container", timeout=5, id=entry.id, force=True)
+        self.agent.unregister_channel(entry.channel.channel)
+        self.channels.pop(entry.channel.channel, None)
+        self.containers.pop(entry.id, None)
+        entry.share.virtiofsd.kill()
+        await asyncio.to_thread(entry.share.virtiofsd.wait)
+        shares._unstage(entry.share.staging)
         return {}
 
     async def _kill_quietly(self, cid: str) -> None:
@@ -321,6 +390,9 @@ class Monitor:
 
     async def teardown(self) -> None:
         """Stop QEMU (quit, then SIGKILL) and every virtiofsd; remove the sockets."""
+        with contextlib.suppress(Exception):  # NICs out and tc redirects off, while QEMU lives
+            async with asyncio.timeout(15):
+                await self.network.detach_all()
         with contextlib.suppress(Exception):
             async with asyncio.timeout(3):
                 await self.qmp.quit()

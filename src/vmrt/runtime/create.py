@@ -13,14 +13,13 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from vmrt import ids, oci
-from vmrt.errors import ConfigError, InvalidArgumentError, SandboxError
-from vmrt.oci import Role
-from vmrt.runtime import guestspec
+from vmrt import ids, network, oci
+from vmrt.errors import InvalidArgumentError, SandboxError, VmrtError
+from vmrt.runtime import guestspec, pods
 from vmrt.runtime import sandbox as sandboxes
 from vmrt.runtime.console import send_console
 from vmrt.runtime.context import Context
-from vmrt.state.model import ContainerState, ProcessRef, SandboxState, Status
+from vmrt.state.model import ContainerState, ProcessRef, Status
 from vmrt.state.store import atomic_write
 from vmrt.util.proc import kill_quietly, start_time
 
@@ -48,8 +47,6 @@ def create(ctx: Context, opts: CreateOptions) -> int:
     """Create the container; return the shim's pid."""
     ids.validate_id(opts.id)
     spec = oci.load(opts.bundle)
-    if spec.pod.role is Role.CONTAINER:
-        raise ConfigError("joining a pod sandbox is not supported by this vmrt yet")
     if spec.terminal and not opts.console_socket:
         raise InvalidArgumentError(
             "cannot allocate tty if runc will detach without setting console socket")
@@ -59,11 +56,16 @@ def create(ctx: Context, opts: CreateOptions) -> int:
         undo.callback(store.remove_container, opts.id)
         with store.lock_container(opts.id):
             state = ContainerState(
-                id=opts.id, bundle=str(spec.bundle), sandbox=opts.id, role=spec.pod.role.value,
+                id=opts.id, bundle=str(spec.bundle), sandbox="", role=spec.pod.role.value,
                 status=Status.CREATING, created=_now(), annotations=dict(spec.annotations),
                 creator=_me())
             store.save_container(state)
-            shim_pid, channel = _create_in_vm(ctx, spec, opts, undo)
+            sandbox_id = pods.join(ctx, spec, opts.id, undo)
+            network.attach(ctx, sandbox_id)  # interfaces CNI made already (podman, CRI)
+            state = replace(state, sandbox=sandbox_id)
+            store.save_container(state)
+            channel = _create_in_vm(ctx, sandbox_id, spec, opts, undo)
+            shim_pid = _spawn_shim(ctx, sandbox_id, spec, opts, channel, undo)
             if opts.pid_file:
                 atomic_write(Path(os.path.abspath(opts.pid_file)), str(shim_pid).encode(), 0o644)
             store.save_container(replace(
@@ -73,34 +75,39 @@ def create(ctx: Context, opts: CreateOptions) -> int:
     return shim_pid
 
 
-def _create_in_vm(ctx: Context, spec: oci.Spec, opts: CreateOptions,
-                  undo: contextlib.ExitStack) -> tuple[int, int]:
-    from vmrt.shim.main import ShimSpec, spawn
-
-    store = ctx.store
-    sandbox_id = opts.id
-    store.create_sandbox_dir(sandbox_id)
-    undo.callback(sandboxes.destroy, ctx, sandbox_id)
-    store.save_sandbox(SandboxState(id=sandbox_id, name=spec.pod.name or sandbox_id,
-                                    created=_now(), members=(opts.id,)))
-    sandboxes.boot(ctx, store.load_sandbox(sandbox_id))
+def _create_in_vm(ctx: Context, sandbox_id: str, spec: oci.Spec, opts: CreateOptions,
+                  undo: contextlib.ExitStack) -> int:
+    """Share the rootfs into the VM and have the agent create the container; return its channel."""
     gspec = guestspec.build(spec, opts.id)
     with sandboxes.monitor(ctx, sandbox_id) as mon:
         result = mon.call("create_container", id=opts.id, spec=gspec.spec,
                           rootfs=str(spec.rootfs), terminal=spec.terminal,
-                          no_new_keyring=opts.no_new_keyring,
+                          no_new_keyring=opts.no_new_keyring, pod_hostname=gspec.pod_hostname,
                           binds=[{"name": b.name, "source": b.source} for b in gspec.binds])
-    channel = int(result.get("channel", 0))
+    undo.callback(_delete_in_vm, ctx, sandbox_id, opts.id)
+    return int(result.get("channel", 0))
+
+
+def _delete_in_vm(ctx: Context, sandbox_id: str, container_id: str) -> None:
+    with contextlib.suppress(VmrtError, OSError), sandboxes.monitor(ctx, sandbox_id) as mon:
+        mon.call("delete_container", id=container_id, force=True)
+
+
+def _spawn_shim(ctx: Context, sandbox_id: str, spec: oci.Spec, opts: CreateOptions,
+                channel: int, undo: contextlib.ExitStack) -> int:
+    from vmrt.shim.main import ShimSpec, spawn
+
     tty_fd = None
     if spec.terminal:
         assert opts.console_socket is not None
         tty_fd = send_console(opts.console_socket)
     try:
-        shim_pid = spawn(ShimSpec(opts.id, ctx.root.sandbox(sandbox_id).monitor_sock, tty_fd))
+        shim_pid = spawn(ShimSpec(opts.id, channel, ctx.root.sandbox(sandbox_id).monitor_sock,
+                                  tty_fd, netns=network.shim_netns(ctx, sandbox_id)))
     except OSError as exc:
         raise SandboxError(f"cannot start the container's shim: {exc}") from exc
     finally:
         if tty_fd is not None:
             os.close(tty_fd)
     undo.callback(kill_quietly, shim_pid)
-    return shim_pid, channel
+    return shim_pid

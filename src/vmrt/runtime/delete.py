@@ -12,6 +12,7 @@ import signal
 import time
 
 from vmrt.errors import MonitorError, NotFoundError, StateTransitionError, VmrtError
+from vmrt.runtime import pods
 from vmrt.runtime import sandbox as sandboxes
 from vmrt.runtime.context import Context
 from vmrt.state import status
@@ -34,16 +35,43 @@ def delete(ctx: Context, container_id: str, *, force: bool = False) -> None:
 def _delete_locked(ctx: Context, state: ContainerState, force: bool) -> None:
     current = status.current(state)
     # runc deletes a created container without --force (its program never ran).
+    if current not in (Status.STOPPED, Status.CREATED) and not force:
+        raise StateTransitionError(
+            f"cannot delete container {state.id} that is not stopped: {current.value}")
+    owns_vm = state.sandbox == state.id
+    if owns_vm:
+        _delete_members(ctx, state, force)
     if current is not Status.STOPPED:
-        if not force and current is not Status.CREATED:
-            raise StateTransitionError(
-                f"cannot delete container {state.id} that is not stopped: {current.value}")
         _stop(ctx, state)
     with contextlib.suppress(VmrtError, OSError), sandboxes.monitor(ctx, state.sandbox) as mon:
         mon.call("delete_container", id=state.id, force=True)
-    if state.sandbox == state.id:
+    if owns_vm:
         sandboxes.destroy(ctx, state.sandbox)
+    elif state.sandbox:
+        pods.leave(ctx, state.sandbox, state.id)
     ctx.store.remove_container(state.id)
+
+
+def _delete_members(ctx: Context, state: ContainerState, force: bool) -> None:
+    """The VM goes with its sandbox container: its other members must go first."""
+    try:
+        members = [m for m in ctx.store.load_sandbox(state.sandbox).members if m != state.id]
+    except VmrtError:
+        return
+    live = [m for m in members if _is_live(ctx, m)]
+    if live and not force:
+        raise StateTransitionError(
+            f"cannot delete sandbox {state.id} with running containers: {', '.join(live)}")
+    for member in members:
+        with contextlib.suppress(NotFoundError):
+            delete(ctx, member, force=True)
+
+
+def _is_live(ctx: Context, container_id: str) -> bool:
+    try:
+        return status.current(ctx.store.load_container(container_id)) is not Status.STOPPED
+    except VmrtError:
+        return False
 
 
 def _stop(ctx: Context, state: ContainerState) -> None:

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from vmrt.oci import Spec
+from vmrt.oci import Role, Spec
 
 GUEST_SHARES = "/run/vmrt/shares"
 
@@ -28,10 +28,34 @@ class GuestBind:
 class GuestSpec:
     spec: dict[str, Any]
     binds: tuple[GuestBind, ...]
+    #: The hostname the VM takes (the pod's UTS namespace is the VM's), if this
+    #: container names the pod's hostname.
+    pod_hostname: str = ""
+
+
+#: The pod's /dev/shm: one guest directory bound into every member.
+POD_SHM = "/run/vmrt/pod/shm"
+#: Namespaces a pod shares: the VM's own. A member that names one by path (the
+#: infra container's /proc/<pid>/ns/...) joins the VM's; so does a sandbox.
+POD_NAMESPACES = frozenset({"network", "ipc", "uts", "pid"})
 
 
 def share_dir(container_id: str) -> str:
     return f"{GUEST_SHARES}/{container_id}"
+
+
+def _namespaces(namespaces: list[dict[str, Any]], role: Role) -> list[dict[str, Any]]:
+    kept = []
+    for ns in namespaces:
+        kind = ns.get("type")
+        if kind == "network":
+            continue  # the pod's network is the VM's: the agent puts CNI's NICs there
+        if kind in POD_NAMESPACES and ("path" in ns or role is Role.SANDBOX):
+            continue  # shared with the pod, i.e. the VM's own
+        if "path" in ns:
+            continue  # a host path means nothing in the guest
+        kept.append({k: v for k, v in ns.items() if k != "path"})
+    return kept
 
 
 def build(spec: Spec, container_id: str) -> GuestSpec:
@@ -43,7 +67,10 @@ def build(spec: Spec, container_id: str) -> GuestSpec:
     mounts = []
     for i, (mount, raw) in enumerate(zip(spec.mounts, doc.get("mounts", []), strict=True)):
         raw = dict(raw)
-        if mount.is_bind and os.path.isabs(mount.source):
+        if os.path.normpath(mount.destination) == "/dev/shm":
+            raw = {"destination": "/dev/shm", "type": "bind", "source": POD_SHM,
+                   "options": ["rbind", "nosuid", "nodev", "noexec"]}
+        elif mount.is_bind and os.path.isabs(mount.source):
             name = f"m{i}"
             binds.append(GuestBind(name, mount.source))
             raw["source"] = f"{base}/{name}"
@@ -56,11 +83,11 @@ def build(spec: Spec, container_id: str) -> GuestSpec:
     linux = doc.setdefault("linux", {})
     linux.pop("mountLabel", None)
     linux["cgroupsPath"] = f"/vmrt/{container_id}"
-    # The pod's network is the VM's: a container joins the guest's network namespace
-    # (where the agent puts the pod's NICs) instead of getting an empty one.
-    linux["namespaces"] = [
-        {k: v for k, v in ns.items() if k != "path"}
-        for ns in linux.get("namespaces", [])
-        if ns.get("type") != "network"
-    ]
-    return GuestSpec(doc, tuple(binds))
+    linux["namespaces"] = _namespaces(linux.get("namespaces", []), spec.pod.role)
+    pod_hostname = ""
+    if spec.pod.role in (Role.SANDBOX, Role.STANDALONE):
+        pod_hostname = spec.hostname
+    if not any(ns.get("type") == "uts" for ns in linux["namespaces"]):
+        # crun may set a hostname only in a UTS namespace of the container's own.
+        doc.pop("hostname", None)
+    return GuestSpec(doc, tuple(binds), pod_hostname)

@@ -5,9 +5,12 @@ from __future__ import annotations
 import contextlib
 import signal
 import time
+from dataclasses import replace
 
 from vmrt.errors import MonitorError, NotFoundError, VmrtError
 from vmrt.monitor.client import MonitorClient
+from vmrt.network import cleanup as cleanup_network
+from vmrt.network import netns
 from vmrt.runtime.context import Context
 from vmrt.state.model import ProcessRef, SandboxState
 from vmrt.util.proc import kill_quietly
@@ -29,10 +32,15 @@ def boot(ctx: Context, state: SandboxState) -> None:
         from vmrt.image.kernel import KERNEL_CMDLINE_TCG
 
         cmdline = (*cmdline, *KERNEL_CMDLINE_TCG)
-    spawn.spawn(ctx.root, state.id, name=state.name, kernel=image.kernel, initrd=image.initrd,
-                kernel_cmdline=cmdline, root_image=image.root_image, accel=accel,
-                config_path=ctx.config_path,
-                timeout=cfg.boot_timeout_s + 15)
+    with netns.opened(state.network) as netns_fd:  # the monitor and QEMU live in the pod's
+        ready = spawn.spawn(ctx.root, state.id, name=state.name, kernel=image.kernel, initrd=image.initrd,
+                    kernel_cmdline=cmdline, root_image=image.root_image, accel=accel,
+                    config_path=ctx.config_path,
+                    timeout=cfg.boot_timeout_s + 15, netns_fd=netns_fd)
+    ctx.store.save_sandbox(replace(
+        ctx.store.load_sandbox(state.id),
+        monitor=ProcessRef(*ready["monitor"]), qemu=ProcessRef(*ready["qemu"]),
+        accel=str(ready["accel"]), vcpus=int(ready["vcpus"]), memory_mib=int(ready["memory_mib"])))
 
 
 def monitor(ctx: Context, sandbox_id: str) -> MonitorClient:
@@ -75,4 +83,5 @@ def destroy(ctx: Context, sandbox_id: str) -> None:
             if ref.alive():
                 kill_quietly(ref.pid, signal.SIGKILL)
         _wait_gone(refs, 2.0)
+    cleanup_network(ctx, sandbox_id)  # what a dead monitor left on CNI's interfaces
     ctx.store.remove_sandbox(sandbox_id)

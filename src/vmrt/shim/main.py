@@ -43,9 +43,13 @@ EXIT_MONITOR_LOST = 255
 @dataclass(frozen=True)
 class ShimSpec:
     container_id: str
+    channel: int
     monitor_sock: Path
     #: With a terminal: the pty's slave (host side); else None and fds 0/1/2 are used.
     tty_fd: int | None = None
+    #: The pod's network namespace (a path), which the shim joins: it stands for the
+    #: container, and ocid runs CNI on /proc/<pid from --pid-file>/ns/net.
+    netns: str | None = None
 
 
 def spawn(spec: ShimSpec) -> int:
@@ -56,6 +60,8 @@ def spawn(spec: ShimSpec) -> int:
         code = EXIT_MONITOR_LOST
         try:
             os.close(rfd)
+            if spec.netns is not None:
+                _join_netns(spec.netns)
             keep = {0, 1, 2, wfd} | ({spec.tty_fd} if spec.tty_fd is not None else set())
             close_fds_except(keep)
             code = Shim(spec).run(wfd)
@@ -98,7 +104,7 @@ class Shim:
         for s in (*FORWARDED, signal.SIGWINCH):
             signal.signal(s, lambda *_: None)
         self.sock = connect_unix(self.spec.monitor_sock, timeout=10)
-        self.sock.sendall(protocol.request(1, "attach", id=self.spec.container_id))
+        self.sock.sendall(protocol.request(1, "attach", channel=self.spec.channel))
         if not self._await_attach():
             os.write(ready_fd, b"attach refused\n")
             return EXIT_MONITOR_LOST
@@ -225,6 +231,16 @@ class Shim:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, [status.signal])
         os.kill(os.getpid(), status.signal)
         return status.wait_code  # the signal is one whose default is to be ignored
+
+
+def _join_netns(path: str) -> None:
+    from vmrt.network.netns import setns
+
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        setns(fd)
+    finally:
+        os.close(fd)
 
 
 def _log_failure(spec: ShimSpec, exc: BaseException) -> None:

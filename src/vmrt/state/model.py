@@ -75,6 +75,22 @@ class Device:
 
 
 @dataclass(frozen=True)
+class NetworkRef:
+    """The pod's network namespace, and which of its interfaces the VM carries.
+
+    `mode` is "joined" (the spec named `path`), "new" (vmrt made it; the monitor,
+    QEMU and the shims in it are all that keep it, so it cannot leak) or "host"
+    (the spec asked for none: the VM gets no NIC). `links` are the namespace's
+    interfaces whose traffic is redirected into the VM: what `delete` must undo
+    when the monitor could not.
+    """
+
+    mode: str
+    path: str = ""
+    links: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class SandboxState:
     id: str
     name: str
@@ -87,6 +103,9 @@ class SandboxState:
     members: tuple[str, ...] = ()
     devices: tuple[Device, ...] = ()
     next_channel: int = 1
+    #: Booted by a member, not by an infra container: it goes with its last member.
+    lazy: bool = False
+    network: NetworkRef | None = None
     schema: int = SCHEMA_VERSION
 
     def to_json(self) -> dict[str, Any]:
@@ -105,6 +124,9 @@ class SandboxState:
             Device(**{**d, "helper": ProcessRef(**d["helper"]) if d.get("helper") else None})
             for d in values.get("devices", ())
         )
+        if values.get("network") is not None:
+            net = values["network"]
+            values["network"] = NetworkRef(**{**net, "links": tuple(net.get("links", ()))})
         return cls(**values)
 
 

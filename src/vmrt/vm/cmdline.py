@@ -38,22 +38,41 @@ class VMSpec:
     #: A read-only root image (erofs) on virtio-blk instead of an initramfs. Its pages
     #: come from the host's page cache, shared by every VM, instead of guest RAM.
     root_image: str = ""
+    #: Hot-plug bounds (0: none). vCPUs beyond `vcpus` are plugged with device_add;
+    #: memory beyond `memory_mib` comes from one virtio-mem device (memfd, share=on:
+    #: virtio-fs must reach hot-plugged RAM too), resized with qom-set.
+    max_vcpus: int = 0
+    max_memory_mib: int = 0
+
+
+#: The virtio-mem device that grows and shrinks the guest's RAM (QOM path for qom-set).
+HOTPLUG_MEMORY_ID = "vmem0"
+HOTPLUG_MEMORY_PATH = f"/machine/peripheral/{HOTPLUG_MEMORY_ID}"
+#: virtio-mem's plug granularity; requested sizes are multiples of it.
+HOTPLUG_MEMORY_BLOCK_MIB = 2
 
 
 def root_port_id(slot: int) -> str:
     return f"rp{slot}"
 
 
+def hotplug_memory_mib(vm: VMSpec) -> int:
+    """Size of the virtio-mem region: the bound above the base, in whole 128 MiB blocks
+    (the guest kernel adds memory in blocks of that size)."""
+    return max(0, vm.max_memory_mib - vm.memory_mib) // 128 * 128
+
+
 def build(vm: VMSpec) -> list[str]:
     """argv for a pod VM: q35 with hot-plug root ports, memfd RAM for virtio-fs."""
     mem = f"{vm.memory_mib}M"
+    hot_mib = hotplug_memory_mib(vm)
     argv = [
         vm.qemu,
         "-name", f"vmrt-{opt(vm.name)},debug-threads=on",
         "-machine", f"{opt(vm.machine)},memory-backend=mem",
         "-object", f"memory-backend-memfd,id=mem,size={mem},share=on",
-        "-m", mem,
-        "-smp", str(vm.vcpus),
+        "-m", mem + (f",maxmem={vm.memory_mib + hot_mib}M" if hot_mib else ""),
+        "-smp", str(vm.vcpus) + (f",maxcpus={vm.max_vcpus}" if vm.max_vcpus > vm.vcpus else ""),
         "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
         "-kernel", opt(vm.kernel),
         "-append", " ".join(vm.kernel_cmdline),
@@ -77,9 +96,15 @@ def build(vm: VMSpec) -> list[str]:
     else:
         argv += ["-accel", "kvm", "-cpu", "host"]
     for slot in range(vm.hotplug_slots):
+        # Eight root ports per PCI slot (functions 0-7): q35 has few free slots on pcie.0.
+        dev, fn = 0x10 + slot // 8, slot % 8
         argv += ["-device",
                  f"pcie-root-port,id={root_port_id(slot)},bus=pcie.0,chassis={slot + 1},"
-                 f"addr={0x10 + slot:#x}"]
+                 f"addr={dev:#x}.{fn}" + (",multifunction=on" if fn == 0 else "")]
+    if hot_mib:
+        argv += ["-object", f"memory-backend-memfd,id=hotmem,size={hot_mib}M,share=on",
+                 "-device", f"virtio-mem-pci,id={HOTPLUG_MEMORY_ID},memdev=hotmem,requested-size=0,"
+                 f"block-size={HOTPLUG_MEMORY_BLOCK_MIB}M"]
     if vm.sandbox:
         argv += ["-sandbox",
                  "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"]
