@@ -18,7 +18,9 @@ from typing import Any, Final
 
 from vmrt_agent import control, network, protocol
 from vmrt_agent.containers import Containers, CreateRequest, KillRequest
+from vmrt_agent.debug_shell import DebugShells
 from vmrt_agent.errors import AgentError, InvalidError
+from vmrt_agent.execs import ExecRequest, Execs
 from vmrt_agent.protocol import ProtocolError, get_bool, get_dict, get_int, get_str
 
 Result = dict[str, Any]
@@ -32,6 +34,8 @@ class Services:
     """What the handlers act on."""
 
     containers: Containers
+    execs: Execs
+    shells: DebugShells
 
 
 Handler = Callable[[Services, Args], Awaitable[Result]]
@@ -135,9 +139,48 @@ async def resize_guest(services: Services, args: Args) -> Result:
     return await control.resize_guest(get_int(args, "vcpus", lo=1, hi=512))
 
 
+def exec_process(services: Services, args: Args) -> Awaitable[Result]:
+    req = ExecRequest(
+        id=_id(args),
+        exec_id=get_str(args, "exec_id", max_len=64),
+        channel=get_int(args, "channel", lo=1, hi=protocol.MAX_CHANNEL),
+        process=get_dict(args, "process"),
+        terminal=get_bool(args, "terminal"),
+    )
+    starting = services.execs.exec(req)  # reserves the channel now
+
+    async def finish() -> Result:
+        return {"pid": await starting}
+
+    return finish()
+
+
+async def signal_process(services: Services, args: Args) -> Result:
+    channel = get_int(args, "channel", lo=1, hi=protocol.MAX_CHANNEL)
+    sig = get_int(args, "signal", lo=0, hi=64)
+    if channel in services.shells:
+        services.shells.signal(channel, sig)
+    else:
+        services.execs.signal(channel, sig)
+    return {}
+
+
+def debug_shell(services: Services, args: Args) -> Awaitable[Result]:
+    starting = services.shells.open(get_int(args, "channel", lo=1, hi=protocol.MAX_CHANNEL),
+                                    get_str(args, "term", max_len=64, default="vt100"))
+
+    async def finish() -> Result:
+        return {"pid": await starting}
+
+    return finish()
+
+
 HANDLERS: Final[dict[str, Handler]] = {
     "ping": ping,
     "create_container": create_container,
+    "exec_process": exec_process,
+    "signal_process": signal_process,
+    "debug_shell": debug_shell,
     "start_container": start_container,
     "kill_container": kill_container,
     "delete_container": delete_container,

@@ -23,7 +23,9 @@ from typing import Final
 from vmrt_agent import handlers, protocol
 from vmrt_agent.config import AgentConfig
 from vmrt_agent.containers import Containers
+from vmrt_agent.debug_shell import DebugShells
 from vmrt_agent.errors import AgentError
+from vmrt_agent.execs import Execs
 from vmrt_agent.io import Channels
 from vmrt_agent.port import PortWriter
 from vmrt_agent.protocol import Frame, FrameType, ProtocolError
@@ -47,8 +49,8 @@ class Server:
         self._writer = PortWriter(fd, self._loop, self._broken)
         self._channels = Channels()
         self._reaper = Reaper(self._loop)
-        self._services = handlers.Services(
-            Containers(config, self._reaper, self._channels, self._writer))
+        containers = Containers(config, self._reaper, self._channels, self._writer)
+        self._services = handlers.Services(containers, Execs(containers), DebugShells(containers))
         self._decoder = protocol.Decoder()
         self._resync = False
         self._connected = True

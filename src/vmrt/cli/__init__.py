@@ -7,6 +7,7 @@ Nothing is printed on success: stdout and stderr may be a container's log pipes.
 
 from __future__ import annotations
 
+import copy
 import importlib
 import sys
 from typing import Any
@@ -17,6 +18,7 @@ from vmrt import OCI_VERSION, __version__
 
 VERBS = {
     "create": "vmrt.cli.create",
+    "exec": "vmrt.cli.exec",
     "start": "vmrt.cli.start",
     "state": "vmrt.cli.state",
     "kill": "vmrt.cli.kill",
@@ -25,6 +27,18 @@ VERBS = {
     "list": "vmrt.cli.list",
     "check": "vmrt.cli.check",
     "image": "vmrt.cli.image",
+    "gc": "vmrt.cli.gc",
+    "config": "vmrt.cli.config",
+    "debug": "vmrt.cli.debug",
+    "ps": "vmrt.cli.ps",
+    "pause": "vmrt.cli.pause",
+    "resume": "vmrt.cli.resume",
+    "events": "vmrt.cli.events",
+    "update": "vmrt.cli.update",
+    "features": "vmrt.cli.features",
+    "spec": "vmrt.cli.spec",
+    "checkpoint": "vmrt.cli.checkpoint",
+    "restore": "vmrt.cli.restore",
 }
 
 
@@ -39,7 +53,31 @@ class LazyGroup(click.Group):
         if module is None:
             return None
         cmd: click.Command = importlib.import_module(module).command
+        return _naming_container(cmd)
+
+
+def _naming_container(cmd: click.Command) -> click.Command:
+    """A copy of `cmd` whose --log records carry the container it acts on.
+
+    Many containers' calls share one log file (containerd's shim, a user's
+    --log), so each record says which container it is about; every verb
+    that takes a container names its argument `container_id`.
+    """
+    inner = cmd.callback
+    if inner is None or not any(p.name == "container_id" for p in cmd.params):
         return cmd
+
+    def callback(*args: Any, **kwargs: Any) -> Any:
+        from vmrt import log
+
+        logger = log.get()
+        logger.context["container"] = str(kwargs["container_id"])
+        logger.debug(f"vmrt {cmd.name}")
+        return inner(*args, **kwargs)
+
+    named = copy.copy(cmd)
+    named.callback = callback
+    return named
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

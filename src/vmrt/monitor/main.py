@@ -21,7 +21,7 @@ from typing import Any
 from vmrt import log, protocol
 from vmrt.config import Config
 from vmrt.errors import MonitorError, SandboxError, VMLaunchError, VmrtError
-from vmrt.monitor import debug_qmp, shares
+from vmrt.monitor import debugging, shares
 from vmrt.monitor.agent_link import AgentLink
 from vmrt.monitor.channels import ProcessChannel
 from vmrt.monitor.network import PodNetwork
@@ -34,6 +34,9 @@ from vmrt.util.proc import start_time
 from vmrt.util.sockets import bind_unix
 from vmrt.vm import cmdline, qemu
 from vmrt.vm.qmp import QMP
+
+#: How long a container whose virtiofsd died gets to exit before its VM is stopped.
+LOST_EXIT_WAIT_S = 3.0
 
 
 @dataclass(frozen=True)
@@ -195,7 +198,10 @@ class Monitor:
                     # reap the workload, so it must not outlive it (cc-shim's watcher rule).
                     self.log.warning("shim went away; killing its process",
                                      container=attached.container_id)
-                    self._spawn(self._kill_quietly(attached.container_id))
+                    if attached.container_id == debugging.CONSOLE_OWNER:
+                        self._spawn(self._signal_quietly(attached.channel, signal.SIGKILL))
+                    else:
+                        self._spawn(self._kill_quietly(attached.container_id))
             writer.close()
 
     def _attach(self, req: protocol.Request, writer: asyncio.StreamWriter) -> ProcessChannel:
@@ -243,6 +249,10 @@ class Monitor:
                 return await self.agent.call(req.op, timeout=timeout, **args)
             case "vm_fit" | "vm_release" | "vm_size":
                 return await self.sizer.handle(req.op, args)
+            case "exec_process":
+                return await self._exec(args)
+            case "signal_process":
+                return await self._signal(args)
             case "delete_container":
                 return await self._delete(protocol.get_str(args, "id"),
                                           protocol.get_bool(args, "force"))
@@ -261,8 +271,10 @@ class Monitor:
                 return await self.network.detach_all()
             case "network_info":
                 return await self.network.info()
+            case "debug_console":
+                return await self._debug_console(args)
             case "qmp":  # `vmrt debug qmp`: QMP has one owner, so it goes through here
-                command, arguments = debug_qmp.parse(args)
+                command, arguments = debugging.parse_qmp(args)
                 self.log.warning("debug qmp", command=command, arguments=arguments)
                 return {"return": await self.qmp.execute(command, arguments)}
             case _:
@@ -292,13 +304,13 @@ class Monitor:
             slot = next((s for s in range(self.cfg.hotplug_slots) if s not in used), None)
             if slot is None:
                 raise MonitorError(f"no free hot-plug slot in the VM ({self.cfg.hotplug_slots} used)")
-            channel_no = state.next_channel
+            channel_no = self._alloc_channel()
             share = await shares.plug(self.qmp, self.sbdir, self.cfg.virtiofsd, cid, slot,
                                       rootfs, binds, self.sbdir.path / "virtiofsd.log")
             device = Device(share.device_id, "virtiofs", slot, cid,
                             ProcessRef(share.virtiofsd.pid, start_time(share.virtiofsd.pid) or 0))
             self.store.update_sandbox(self.args.sandbox_id, lambda s: replace(
-                s, devices=(*s.devices, device), next_channel=max(s.next_channel, channel_no + 1)))
+                s, devices=(*s.devices, device)))
         channel = ProcessChannel(cid, channel_no, self._send_agent)
         self.channels[channel_no] = channel
         self.agent.register_channel(channel_no, channel.from_agent)
@@ -332,8 +344,7 @@ class Monitor:
             return await self._delete_lost(entry)
         await self.agent.call("delete_container", timeout=self.cfg.request_timeout_s,
                               id=cid, force=force)
-        self.agent.unregister_channel(entry.channel.channel)
-        self.channels.pop(entry.channel.channel, None)
+        self._forget_channels(cid)
         del self.containers[cid]
         await self._unplug(entry.share)
         if self.containers:  # a VM that goes with its last container is not worth shrinking
@@ -350,31 +361,107 @@ class Monitor:
         watch.on_exit(entry.share.virtiofsd.pid, gone)
 
     async def _lose_container(self, entry: ContainerEntry) -> None:
-        """virtiofsd died under a live container (Kata stops the VM for this): its root is
-        gone for good, so the container is killed and its shim told, within a bound, even
-        if a process of it hangs forever on the dead share inside the guest."""
+        """virtiofsd died under a live container: its root is gone for good, so it is
+        killed. A process of it blocked on the dead share (a FUSE request in flight, a
+        close that must flush) can never be killed in the guest: then the VM goes, as
+        Kata stops the VM when its virtiofsd dies, rather than report a lie."""
         entry.share_lost = True
         self.log.warning("virtiofsd died; killing its container", container=entry.id,
                          code=entry.share.virtiofsd.poll())
-        await self._kill_quietly(entry.id)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(5):
+        self._spawn(self._kill_quietly(entry.id))
+        try:
+            async with asyncio.timeout(LOST_EXIT_WAIT_S):
                 await entry.channel.exited.wait()
-        entry.channel.exit(ExitStatus(signal=signal.SIGKILL))
+        except TimeoutError:
+            self.log.warning("the guest cannot stop a container on a dead share; stopping the VM",
+                             container=entry.id)
+            self._vm_gone("a container hangs on a dead share")
 
     async def _delete_lost(self, entry: ContainerEntry) -> dict[str, Any]:
         """Forget a container whose share is dead without waiting on the guest for what it
         cannot do (unmount, unplug: DEVICE_DELETED never comes); its slot stays taken."""
-        assert self.agent is not None
-        with contextlib.suppress(VmrtError):
-            await self.agent.call("delete_container", timeout=5, id=entry.id, force=True)
-        self.agent.unregister_channel(entry.channel.channel)
-        self.channels.pop(entry.channel.channel, None)
+        self._spawn(self._agent_delete_quietly(entry.id))  # may never finish in the guest
+        self._forget_channels(entry.id)
         self.containers.pop(entry.id, None)
         entry.share.virtiofsd.kill()
         await asyncio.to_thread(entry.share.virtiofsd.wait)
         shares._unstage(entry.share.staging)
         return {}
+
+    def _alloc_channel(self) -> int:
+        state = self.store.update_sandbox(self.args.sandbox_id, lambda s: replace(
+            s, next_channel=s.next_channel + 1))
+        return state.next_channel - 1
+
+    async def _exec(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Start another process in a container, on a channel of its own."""
+        cid = protocol.get_str(args, "id")
+        self._require(cid)
+        assert self.agent is not None
+        number = self._alloc_channel()
+        channel = ProcessChannel(cid, number, self._send_agent)
+        self.channels[number] = channel
+        self.agent.register_channel(number, channel.from_agent)
+        try:
+            result = await self.agent.call(
+                "exec_process", timeout=self.cfg.request_timeout_s, id=cid,
+                exec_id=f"exec{number}", channel=number, process=protocol.get_dict(args, "process"),
+                terminal=protocol.get_bool(args, "terminal"))
+        except BaseException:
+            self.agent.unregister_channel(number)
+            self.channels.pop(number, None)
+            raise
+        return {"channel": number, "pid": result.get("pid", 0)}
+
+    async def _debug_console(self, args: dict[str, Any]) -> dict[str, Any]:
+        """`vmrt debug console`: a shell in the guest, outside the containers, on a channel."""
+        assert self.agent is not None
+        number = self._alloc_channel()
+        channel = ProcessChannel(debugging.CONSOLE_OWNER, number, self._send_agent)
+        self.channels[number] = channel
+        self.agent.register_channel(number, channel.from_agent)
+        self.log.warning("debug console opened", channel=number)
+        try:
+            result = await self.agent.call("debug_shell", timeout=self.cfg.request_timeout_s,
+                                           channel=number,
+                                           term=protocol.get_str(args, "term", max_len=64))
+        except BaseException:
+            self.agent.unregister_channel(number)
+            self.channels.pop(number, None)
+            raise
+        return {"channel": number, "pid": result.get("pid", 0)}
+
+    async def _signal_quietly(self, channel: int, sig: int) -> None:
+        with contextlib.suppress(VmrtError):
+            assert self.agent is not None
+            await self.agent.call("signal_process", timeout=5, channel=channel, signal=int(sig))
+
+    async def _signal(self, args: dict[str, Any]) -> dict[str, Any]:
+        """A shim relays a signal to its process: a container's init, or an exec'd one."""
+        number = protocol.get_int(args, "channel", lo=1)
+        sig = protocol.get_int(args, "signal", lo=0, hi=64)
+        channel = self.channels.get(number)
+        if channel is None:
+            raise MonitorError("no such process", "not_found")
+        assert self.agent is not None
+        entry = self.containers.get(channel.container_id)
+        if entry is not None and entry.channel is channel:
+            return await self.agent.call("kill_container", timeout=self.cfg.request_timeout_s,
+                                         id=channel.container_id, signal=sig, all=False)
+        return await self.agent.call("signal_process", timeout=self.cfg.request_timeout_s,
+                                     channel=number, signal=sig)
+
+    def _forget_channels(self, cid: str) -> None:
+        assert self.agent is not None
+        for number in [n for n, ch in self.channels.items() if ch.container_id == cid]:
+            self.agent.unregister_channel(number)
+            self.channels.pop(number, None)
+
+    async def _agent_delete_quietly(self, cid: str) -> None:
+        with contextlib.suppress(VmrtError):
+            assert self.agent is not None
+            await self.agent.call("delete_container", timeout=self.cfg.request_timeout_s,
+                                  id=cid, force=True)
 
     async def _kill_quietly(self, cid: str) -> None:
         with contextlib.suppress(VmrtError):
@@ -430,8 +517,11 @@ async def _main(args: MonitorArgs, ready_fd: int) -> int:
         await mon.serve(ready_fd)
         return 0
     except (VmrtError, OSError) as exc:
-        mon.log.error("monitor failed", error=str(exc))
+        # The booting `create` waits on this line (holding the sandbox's lock): it goes
+        # first, before a log write that may fail the same way (a full disk).
         _report(ready_fd, {"ok": False, "error": str(exc)})
+        with contextlib.suppress(OSError):
+            mon.log.error("monitor failed", error=str(exc))
         return 1
     finally:
         await mon.teardown()

@@ -25,6 +25,7 @@ import termios
 import tty
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from vmrt import protocol
 from vmrt.protocol import ExitStatus, FrameType
@@ -50,6 +51,11 @@ class ShimSpec:
     #: The pod's network namespace (a path), which the shim joins: it stands for the
     #: container, and ocid runs CNI on /proc/<pid from --pid-file>/ns/net.
     netns: str | None = None
+    #: Run in the caller's process (`exec` without --detach, CRI-O's streaming exec):
+    #: no new session, the caller's own terminal if `local_tty`, and the status is
+    #: returned as a shell would report it instead of being re-raised.
+    foreground: bool = False
+    local_tty: bool = False
 
 
 def spawn(spec: ShimSpec) -> int:
@@ -94,11 +100,19 @@ class Shim:
         self.out_fds = {FrameType.STDOUT: 1, FrameType.STDERR: 2}
         self.req_ids = iter(range(1_000_000, 2**40))
         self._pending: list[protocol.Frame] = []
+        self.tty_fd = spec.tty_fd  # where window sizes are read
+        self.saved_tty: list[Any] | None = None
 
     def run(self, ready_fd: int) -> int:
-        os.setsid()  # our caller's terminal signals must reach us only through `kill`
+        if not self.spec.foreground:
+            os.setsid()  # our caller's terminal signals must reach us only through `kill`
+            # A forked shim keeps its creator's argv; its name is how `vmrt gc` tells it apart.
+            with contextlib.suppress(OSError), open("/proc/self/comm", "w") as comm:
+                comm.write("vmrt-shim")
         if self.spec.tty_fd is not None:
             self._take_terminal(self.spec.tty_fd)
+        elif self.spec.local_tty:
+            self._use_local_terminal()
         sig_r, sig_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(sig_w, warn_on_full_buffer=False)
         for s in (*FORWARDED, signal.SIGWINCH):
@@ -115,8 +129,14 @@ class Shim:
         self._send_winsize()
         self.sel.register(self.sock, selectors.EVENT_READ, "monitor")
         self.sel.register(sig_r, selectors.EVENT_READ, "signal")
-        with contextlib.suppress(ValueError, OSError):
+        try:
             self.sel.register(self.in_fd, selectors.EVENT_READ, "stdin")
+        except PermissionError:
+            # A regular file or /dev/null (conmon's stdin without -i) cannot be polled,
+            # and is always readable: pass it on now, EOF included, as a pipe would be.
+            self._drain_unpollable_stdin()
+        except (ValueError, OSError):
+            pass  # no stdin at all
         status = self._loop(sig_r)
         return self._exit(status)
 
@@ -131,6 +151,14 @@ class Shim:
             os.dup2(null, std)
         os.close(null)
         self.out_fds = {FrameType.STDOUT: fd, FrameType.STDERR: fd}
+
+    def _use_local_terminal(self) -> None:
+        """Foreground with -t: our own terminal is the process's; raw while it runs."""
+        self.tty_fd = 0
+        if os.isatty(0):
+            self.saved_tty = termios.tcgetattr(0)
+            tty.setraw(0)
+        self.out_fds = {FrameType.STDOUT: 1, FrameType.STDERR: 1}
 
     def _await_attach(self) -> bool:
         assert self.sock is not None
@@ -173,7 +201,7 @@ class Shim:
         if frame.type in (FrameType.STDOUT, FrameType.STDERR):
             with contextlib.suppress(OSError):
                 _write_all(self.out_fds[frame.type], frame.payload)
-        elif frame.type is FrameType.CLOSE and self.spec.tty_fd is None:
+        elif frame.type is FrameType.CLOSE and self.tty_fd is None:
             fd = 1 if frame.payload == b"stdout" else 2 if frame.payload == b"stderr" else -1
             if fd > 0:
                 # EOF for our reader, as when runc's container closes its stdout.
@@ -192,9 +220,15 @@ class Shim:
             if s == signal.SIGWINCH:
                 self._send_winsize()
             else:
-                self.sock.sendall(protocol.request(next(self.req_ids), "kill_container",
-                                                   id=self.spec.container_id, signal=s,
-                                                   all=False))
+                self.sock.sendall(protocol.request(next(self.req_ids), "signal_process",
+                                                   channel=self.spec.channel, signal=s))
+
+    def _drain_unpollable_stdin(self) -> None:
+        assert self.sock is not None
+        while data := os.read(self.in_fd, 65536):
+            self.sock.sendall(protocol.encode_frame(FrameType.STDIN, 0, data))
+        if self.tty_fd is None:
+            self.sock.sendall(protocol.encode_frame(FrameType.CLOSE, 0, b"stdin"))
 
     def _on_stdin(self) -> None:
         assert self.sock is not None
@@ -206,22 +240,26 @@ class Shim:
             self.sock.sendall(protocol.encode_frame(FrameType.STDIN, 0, data))
             return
         self.sel.unregister(self.in_fd)
-        if self.spec.tty_fd is None:
+        if self.tty_fd is None:
             self.sock.sendall(protocol.encode_frame(FrameType.CLOSE, 0, b"stdin"))
 
     def _send_winsize(self) -> None:
-        if self.spec.tty_fd is None or self.sock is None:
+        if self.tty_fd is None or self.sock is None:
             return
         with contextlib.suppress(OSError):
             rows, cols, _, _ = struct.unpack(
-                "HHHH", fcntl.ioctl(self.spec.tty_fd, termios.TIOCGWINSZ, b"\0" * 8))
+                "HHHH", fcntl.ioctl(self.tty_fd, termios.TIOCGWINSZ, b"\0" * 8))
             if rows and cols:
                 self.sock.sendall(protocol.encode_frame(
                     FrameType.RESIZE, 0, protocol.pack_resize(rows, cols)))
 
     def _exit(self, status: ExitStatus | None) -> int:
+        if self.saved_tty is not None:
+            termios.tcsetattr(0, termios.TCSADRAIN, self.saved_tty)
         if status is None:
             return EXIT_MONITOR_LOST
+        if self.spec.foreground:
+            return status.wait_code
         if status.signal is None:
             return status.code or 0
         # Die of the same signal, so our waiter sees WIFSIGNALED exactly as with runc.
@@ -241,6 +279,18 @@ def _join_netns(path: str) -> None:
         setns(fd)
     finally:
         os.close(fd)
+
+
+def run_foreground(spec: ShimSpec) -> int:
+    """Be the shim in this process; return the exit code a shell would show."""
+    shim = Shim(spec)
+    rfd, wfd = os.pipe()
+    try:
+        return shim.run(wfd)
+    finally:
+        os.close(rfd)
+        with contextlib.suppress(OSError):
+            os.close(wfd)
 
 
 def _log_failure(spec: ShimSpec, exc: BaseException) -> None:
