@@ -98,7 +98,7 @@ def pod_pids(root: Path) -> list[int]:
             cmd = (proc / "cmdline").read_bytes()
         except OSError:
             continue
-        if str(root).encode() in cmd or b"vmrt.monitor" in cmd and str(root).encode() in cmd:
+        if str(root).encode() in cmd or (b"vmrt.monitor" in cmd and str(root).encode() in cmd):
             pids.append(int(proc.name))
     return pids
 

@@ -251,6 +251,23 @@ class Containers:
                     container.watcher.cancel()
             await container.cleanup.aclose()
 
+    # --- for vmrt_agent.control (pause, resume, update, ps, stats) -----------
+
+    async def runtime_verb(self, container_id: str, verb: str, *args: str) -> None:
+        """``crun <verb> [args] <id>`` under the container's lock."""
+        container = await self._ready(container_id)
+        async with container.lock:
+            self._check(verb, await self._call(verb, *args, container_id))
+
+    async def bundle_of(self, container_id: str) -> str:
+        """The bundle directory of a container whose create finished (its config.json)."""
+        await self._ready(container_id)
+        return self._config.bundle_dir(container_id)
+
+    async def run_tool(self, argv: list[str], *, timeout: float) -> Completed:
+        """Run a guest program to completion through the one reaper."""
+        return await self._reaper.run(argv, timeout=timeout)
+
     # --- helpers -----------------------------------------------------------
 
     async def _ready(self, container_id: str) -> Container:

@@ -11,6 +11,7 @@ CONTAINER_NOT_EXISTS = "container does not exist"
 CONTAINER_EXISTS = "container with given ID already exists"
 CONTAINER_NOT_RUNNING = "container not running"
 CONTAINER_PAUSED = "container is paused"
+CONTAINER_NOT_PAUSED = "container not paused"
 
 
 class VmrtError(Exception):

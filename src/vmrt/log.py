@@ -43,8 +43,10 @@ class Logger:
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError:
             return
-        try:
+        try:  # a log that cannot take a line (a full disk) must not fail what is logged
             os.write(fd, (line + "\n").encode())
+        except OSError:
+            pass
         finally:
             os.close(fd)
 

@@ -4,7 +4,7 @@
     <root>/sandboxes/<sb>/sandbox.json     one pod VM (and its lock)
     <root>/sandboxes/<sb>/monitor.sock     the monitor's request socket
     <root>/sandboxes/<sb>/{qmp,agent}.sock QEMU's sockets, owned by the monitor
-    <root>/sandboxes/<sb>/{console,qemu,monitor}.log
+    <root>/sandboxes/<sb>/{console,qemu,monitor,virtiofsd}.log
     <root>/sandboxes/<sb>/shares/<id>/     staging dir of a container's virtio-fs share
 """
 
@@ -57,6 +57,10 @@ class SandboxDir:
     @property
     def monitor_log(self) -> Path:
         return self.path / "monitor.log"
+
+    @property
+    def virtiofsd_log(self) -> Path:
+        return self.path / "virtiofsd.log"
 
     def share(self, container_id: str) -> Path:
         return self.path / "shares" / container_id

@@ -97,6 +97,8 @@ def decode_json(payload: bytes) -> dict[str, Any]:
         obj = json.loads(payload)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"message is not JSON: {exc}") from exc
+    except RecursionError:  # b"[" * 100_000 is within MAX_JSON
+        raise ProtocolError("message is nested too deeply") from None
     if not isinstance(obj, dict):
         raise ProtocolError("message is not a JSON object")
     return obj

@@ -65,8 +65,11 @@ class Podman:
             'lock_type = "file"\n'
             f'tmp_dir = "{self.tmpdir}"\n'
             f"runtime_supports_json = {json.dumps(names)}\n"
+            # What `podman pod create` runs the infra container with (it has no --runtime).
+            f'runtime = "{"vmrt" if self.runtime.is_vmrt else "undertest"}"\n'
             "[engine.runtimes]\n"
             f'vmrt = ["{Path(sys.executable).parent / "vmrt"}"]\n'
+            f'undertest = ["{self.runtime.binary}"]\n'
         )
         self.storage_conf.write_text(
             "[storage]\n"

@@ -65,6 +65,20 @@ KILL_NOT_RUNNING = "container not running"  # kill of a stopped container
 UNKNOWN_SIGNAL = 'unknown signal "{sig}"'  # kill ID NOSUCHSIG (name not known)
 SIGNAL_INVALID_NUMBER = "unable to signal init: invalid argument"  # kill ID 99
 
+# -- ps / pause / resume / update / events (observed the same way) ------------------------
+PAUSE_NOT_RUNNING = "container not running"  # pause of a paused or stopped container
+RESUME_NOT_PAUSED = "container not paused"
+START_PAUSED = "cannot start a container in the paused state"
+DELETE_PAUSED = "cannot delete container {id} that is not stopped: paused"
+UPDATE_NOT_RUNNING = "container not running"  # update of a stopped container
+UPDATE_BAD_MEMORY = "invalid value for memory: invalid size: '{value}'"
+EVENTS_NOT_RUNNING = "container with id {id} is not running"  # events of a stopped one
+EVENTS_BAD_INTERVAL = "duration interval must be greater than 0"  # --interval 0
+PS_BAD_FORMAT = "invalid format option"
+# * `ps --format json` of a stopped container prints "null"; `ps` its header alone.
+# * A created container can be paused; resumed, it is `created` again.
+# * runc's `events` stream never ends by itself, not even once the container stopped.
+
 # -- usage errors (also print the command's help on stdout) --------------------------------
 REQUIRES_ONE_ARG = 'runc: "{verb}" requires exactly 1 argument(s)'
 FLAG_NOT_DEFINED = "flag provided but not defined: {flag}"

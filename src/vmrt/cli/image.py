@@ -16,16 +16,12 @@ def command() -> None:
 @command.command("build", help="build the guest kernel and root (cached by their inputs)")
 @click.pass_obj
 def build(ctx: Context) -> None:
+    from vmrt.cli.progress import progress_for
     from vmrt.image import ensure_image
 
-    quiet = not sys.stderr.isatty()
-    image = ensure_image(ctx.config, progress=None if quiet else _progress)
+    with progress_for(sys.stderr) as progress:  # a status line on a terminal, silence in CI
+        image = ensure_image(ctx.config, progress=progress)
     click.echo(f"kernel {image.kernel}\ninitrd {image.initrd}")
-
-
-def _progress(message: str) -> None:
-    sys.stderr.write(f"\r\x1b[K{message}")
-    sys.stderr.flush()
 
 
 @command.command("info", help="print what the guest image holds")

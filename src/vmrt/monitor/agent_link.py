@@ -29,6 +29,7 @@ class AgentLink:
         self._on_event = on_event
         self._on_close = on_close
         self._ids = itertools.count(1)
+        self._last_id = 0
         self._pending: dict[int, asyncio.Future[protocol.Response]] = {}
         self._channels: dict[int, FrameSink] = {}
         self._writer: asyncio.StreamWriter | None = None
@@ -69,6 +70,8 @@ class AgentLink:
                 resp = protocol.Response.parse(frame.json())
                 fut = self._pending.pop(resp.id, None)
                 if fut is None:
+                    if 0 < resp.id <= self._last_id:
+                        return  # a late answer to a call that timed out: not a violation
                     raise protocol.ProtocolError(f"response to unknown request {resp.id}")
                 if not fut.done():
                     fut.set_result(resp)
@@ -111,7 +114,7 @@ class AgentLink:
         self._writer.write(data)
 
     async def call(self, op: str, *, timeout: float, **args: Any) -> dict[str, Any]:
-        req_id = next(self._ids)
+        req_id = self._last_id = next(self._ids)
         fut: asyncio.Future[protocol.Response] = asyncio.get_running_loop().create_future()
         self._pending[req_id] = fut
         try:

@@ -2,7 +2,10 @@
 
 Output flows agent → monitor → shim under credit: the monitor grants the
 agent more output only after the shim's socket took the previous bytes, so
-a shim that stops reading stalls its own container and nothing else.
+a shim that stops reading stalls its own container and nothing else. The
+guest is not trusted to keep to its credit: output beyond what was granted
+breaks the protocol (the link is dropped), or a guest could make the monitor
+buffer without bound for a shim that does not read.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from vmrt import protocol
+from vmrt.errors import SandboxError
 from vmrt.protocol import ExitStatus, Frame, FrameType
 
 
@@ -24,37 +28,54 @@ class ProcessChannel:
     reader: asyncio.StreamWriter | None = None
     exit_status: ExitStatus | None = None
     exited: asyncio.Event = field(default_factory=asyncio.Event)
-    _drains: set[asyncio.Task[None]] = field(default_factory=set)
+    #: Output the agent may still send (granted, not yet received).
+    _credit: int = 0
+    #: Output received and relayed, to be granted again once the shim took it.
+    _to_grant: int = 0
+    _granting: asyncio.Task[None] | None = None
 
     def attach(self, writer: asyncio.StreamWriter) -> None:
         self.reader = writer
         if self.exit_status is not None:
             self._send_exit()
             return
-        self.send_to_agent(protocol.encode_frame(
-            FrameType.CREDIT, self.channel, protocol.pack_credit(protocol.INITIAL_CREDIT)))
+        self._grant(protocol.INITIAL_CREDIT)
 
     def detach(self) -> None:
         self.reader = None
 
     def from_agent(self, frame: Frame) -> None:
         """STDOUT/STDERR/CLOSE from the guest, relayed to the attached shim."""
+        size = len(frame.payload) if frame.type in (FrameType.STDOUT, FrameType.STDERR) else 0
+        if size > self._credit:
+            raise protocol.ProtocolError(
+                f"the guest sent {size} bytes on channel {self.channel} with credit for "
+                f"{self._credit}")
+        self._credit -= size
         if self.reader is None or self.reader.is_closing():
             return
         self.reader.write(frame.encode())
-        if frame.type in (FrameType.STDOUT, FrameType.STDERR) and frame.payload:
-            task = asyncio.create_task(self._credit_after_drain(len(frame.payload)))
-            self._drains.add(task)
-            task.add_done_callback(self._drains.discard)
+        if size:
+            # One grant per drain, not one task per frame: a guest sending 1-byte frames
+            # must not make the monitor hold a task for each.
+            self._to_grant += size
+            if self._granting is None:
+                self._granting = asyncio.create_task(self._grant_after_drain())
 
-    async def _credit_after_drain(self, amount: int) -> None:
-        writer = self.reader
-        if writer is None:
-            return
-        with contextlib.suppress(ConnectionError, OSError):
-            await writer.drain()
-            self.send_to_agent(protocol.encode_frame(
-                FrameType.CREDIT, self.channel, protocol.pack_credit(amount)))
+    async def _grant_after_drain(self) -> None:
+        try:
+            with contextlib.suppress(ConnectionError, OSError, SandboxError):
+                while self._to_grant and (writer := self.reader) is not None:
+                    await writer.drain()
+                    amount, self._to_grant = self._to_grant, 0
+                    self._grant(amount)
+        finally:
+            self._granting = None
+
+    def _grant(self, amount: int) -> None:
+        self._credit += amount
+        self.send_to_agent(protocol.encode_frame(
+            FrameType.CREDIT, self.channel, protocol.pack_credit(amount)))
 
     def from_shim(self, frame: Frame) -> None:
         """STDIN/CLOSE/RESIZE from the shim, relayed to the guest."""

@@ -55,6 +55,9 @@ class MonitorClient:
         return resp.result
 
     def _next_frame(self, deadline: float) -> protocol.Frame:
+        # The deadline holds even for a peer that never stops sending other frames.
+        if time.monotonic() > deadline:
+            raise TimeoutError("timed out")
         while not self._frames:
             self.sock.settimeout(max(0.01, deadline - time.monotonic()))
             data = self.sock.recv(65536)

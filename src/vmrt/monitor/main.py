@@ -21,7 +21,7 @@ from typing import Any
 from vmrt import log, protocol
 from vmrt.config import Config
 from vmrt.errors import MonitorError, SandboxError, VMLaunchError, VmrtError
-from vmrt.monitor import debugging, shares
+from vmrt.monitor import debugging, ratelimit, shares
 from vmrt.monitor.agent_link import AgentLink
 from vmrt.monitor.channels import ProcessChannel
 from vmrt.monitor.network import PodNetwork
@@ -71,6 +71,7 @@ class Monitor:
         self.log = log.Logger(str(self.sbdir.monitor_log), "json", True,
                               {"sandbox": args.sandbox_id})
         self.qmp = QMP(f"vmrt-{args.sandbox_id}")
+        self._guest_log = ratelimit.Bucket()
         self.agent: AgentLink | None = None
         self.qemu: Any = None
         self.containers: dict[str, ContainerEntry] = {}
@@ -145,13 +146,15 @@ class Monitor:
             try:
                 status = ExitStatus.parse(msg.get("status"))
             except protocol.ProtocolError as exc:
-                self.log.warning("bad exit event from the guest", error=str(exc))
+                if self._guest_log.allow():
+                    self.log.warning("bad exit event from the guest", error=str(exc))
                 return
             ch = self.channels.get(channel) if isinstance(channel, int) else None
             if ch is not None:
                 ch.exit(status)
-        else:
-            self.log.debug("agent event", event=msg)
+        elif self._guest_log.allow():  # the guest chooses how many: bounded on the host's disk
+            self.log.debug("agent event", event=str(msg.get("event"))[:64],
+                           dropped=self._guest_log.dropped)
 
     def _send_agent(self, data: bytes) -> None:
         assert self.agent is not None
@@ -198,11 +201,22 @@ class Monitor:
                     # reap the workload, so it must not outlive it (cc-shim's watcher rule).
                     self.log.warning("shim went away; killing its process",
                                      container=attached.container_id)
-                    if attached.container_id == debugging.CONSOLE_OWNER:
-                        self._spawn(self._signal_quietly(attached.channel, signal.SIGKILL))
-                    else:
+                    if self._is_init(attached):
                         self._spawn(self._kill_quietly(attached.container_id))
+                    else:  # an exec'd process or a debug console: that process only
+                        self._spawn(self._signal_quietly(attached.channel, signal.SIGKILL))
+                elif attached.exit_status is not None and not self._is_init(attached):
+                    self._drop_channel(attached.channel)  # reported and read: done with
             writer.close()
+
+    def _is_init(self, channel: ProcessChannel) -> bool:
+        entry = self.containers.get(channel.container_id)
+        return entry is not None and entry.channel is channel
+
+    def _drop_channel(self, number: int) -> None:
+        if self.agent is not None:
+            self.agent.unregister_channel(number)
+        self.channels.pop(number, None)
 
     def _attach(self, req: protocol.Request, writer: asyncio.StreamWriter) -> ProcessChannel:
         number = protocol.get_int(req.args, "channel", lo=1)

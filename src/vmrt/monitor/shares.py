@@ -48,6 +48,12 @@ def tag_for(container_id: str) -> str:
     return "vmrt-" + hashlib.sha256(container_id.encode()).hexdigest()[:24]
 
 
+def fuse_opt(value: str) -> str:
+    """Escape a value for virtiofsd's `-o a=b,c=d` (libfuse's fuse_opt): a comma in
+    --root must not end the path and start an option of its own."""
+    return value.replace("\\", "\\\\").replace(",", "\\,")
+
+
 def _stage(staging: Path, rootfs: str, binds: list[BindSource]) -> None:
     staging.mkdir(parents=True, exist_ok=True)
     (staging / "rootfs").mkdir(exist_ok=True)
@@ -104,7 +110,7 @@ async def plug(qmp: QMP, sbdir: SandboxDir, virtiofsd: str, container_id: str, s
         logfd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         try:
             proc = subprocess.Popen(
-                [virtiofsd, f"--fd={listener.fileno()}", "-o", f"source={staging}",
+                [virtiofsd, f"--fd={listener.fileno()}", "-o", f"source={fuse_opt(str(staging))}",
                  "-o", "cache=auto", "-o", "log_level=warn", "--thread-pool-size=1"],
                 stdin=subprocess.DEVNULL, stdout=logfd, stderr=logfd,
                 pass_fds=[listener.fileno()])

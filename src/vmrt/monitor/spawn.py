@@ -21,7 +21,8 @@ from vmrt.util.proc import close_fds_except
 
 def spawn(root: Root, sandbox_id: str, *, name: str, kernel: str, initrd: str,
           kernel_cmdline: tuple[str, ...], root_image: str, accel: str, config_path: str | None,
-          timeout: float) -> dict[str, Any]:
+          timeout: float, netns_fd: int | None = None) -> dict[str, Any]:
+    """`netns_fd`: the pod's network namespace, where the monitor and QEMU must live."""
     rfd, wfd = os.pipe()
     spec = {
         "root": str(root.path), "sandbox_id": sandbox_id, "name": name, "kernel": kernel,
@@ -36,6 +37,10 @@ def spawn(root: Root, sandbox_id: str, *, name: str, kernel: str, initrd: str,
             os.setsid()
             if os.fork() != 0:
                 os._exit(0)
+            if netns_fd is not None:
+                from vmrt.network.netns import setns
+
+                setns(netns_fd)
             close_fds_except({wfd})
             null = os.open(os.devnull, os.O_RDWR)
             logfd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)

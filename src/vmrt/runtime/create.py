@@ -15,7 +15,7 @@ from pathlib import Path
 
 from vmrt import ids, network, oci
 from vmrt.errors import InvalidArgumentError, SandboxError, VmrtError
-from vmrt.runtime import guestspec, pods
+from vmrt.runtime import guestspec, pods, sizing
 from vmrt.runtime import sandbox as sandboxes
 from vmrt.runtime.console import send_console
 from vmrt.runtime.context import Context
@@ -62,6 +62,7 @@ def create(ctx: Context, opts: CreateOptions) -> int:
             store.save_container(state)
             sandbox_id = pods.join(ctx, spec, opts.id, undo)
             network.attach(ctx, sandbox_id)  # interfaces CNI made already (podman, CRI)
+            sizing.fit(ctx, sandbox_id, opts.id, spec, undo)  # the VM grows to its limits
             state = replace(state, sandbox=sandbox_id)
             store.save_container(state)
             channel = _create_in_vm(ctx, sandbox_id, spec, opts, undo)

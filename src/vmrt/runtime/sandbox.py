@@ -11,6 +11,7 @@ from vmrt.errors import MonitorError, NotFoundError, VmrtError
 from vmrt.monitor.client import MonitorClient
 from vmrt.network import cleanup as cleanup_network
 from vmrt.network import netns
+from vmrt.runtime import procscan
 from vmrt.runtime.context import Context
 from vmrt.state.model import ProcessRef, SandboxState
 from vmrt.util.proc import kill_quietly
@@ -43,11 +44,11 @@ def boot(ctx: Context, state: SandboxState) -> None:
         accel=str(ready["accel"]), vcpus=int(ready["vcpus"]), memory_mib=int(ready["memory_mib"])))
 
 
-def monitor(ctx: Context, sandbox_id: str) -> MonitorClient:
+def monitor(ctx: Context, sandbox_id: str, *, timeout: float = 60.0) -> MonitorClient:
     sb = ctx.store.load_sandbox(sandbox_id)
     if sb.monitor is None or not sb.monitor.alive():
         raise MonitorError(f"the VM of sandbox {sandbox_id} is not running", "unreachable")
-    return MonitorClient(ctx.root.sandbox(sandbox_id).monitor_sock)
+    return MonitorClient(ctx.root.sandbox(sandbox_id).monitor_sock, timeout=timeout)
 
 
 def _wait_gone(refs: list[ProcessRef], timeout: float) -> bool:
@@ -76,9 +77,14 @@ def destroy(ctx: Context, sandbox_id: str) -> None:
         raise
     refs = [r for r in (state.monitor, state.qemu) if r is not None]
     refs += [d.helper for d in state.devices if d.helper is not None]
-    with contextlib.suppress(VmrtError, OSError), monitor(ctx, sandbox_id) as mon:
-        mon.call("shutdown")
-    if not _wait_gone(refs, SHUTDOWN_GRACE_S):
+    # And what no state names: the monitor and QEMU of a `create` killed mid-boot.
+    refs += [p.ref for p in procscan.of_sandbox(ctx.root.path, sandbox_id) if p.ref not in refs]
+    asked = False
+    with contextlib.suppress(VmrtError, OSError), monitor(ctx, sandbox_id, timeout=5) as mon:
+        mon.call("shutdown")  # answered at once by a live monitor; a hung one is killed
+        asked = True
+    # A monitor that could not be asked cannot stop anything: no grace to wait out.
+    if not (asked and _wait_gone(refs, SHUTDOWN_GRACE_S)):
         for ref in refs:
             if ref.alive():
                 kill_quietly(ref.pid, signal.SIGKILL)

@@ -24,6 +24,6 @@ def require_startable(status: Status) -> None:
         return
     if status is Status.STOPPED:
         raise StateTransitionError("cannot start a container that has stopped")
-    if status in (Status.RUNNING, Status.PAUSED):
+    if status is Status.RUNNING:
         raise StateTransitionError("cannot start an already running container")
     raise StateTransitionError(f"cannot start a container in the {status.value} state")

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vmrt.errors import VMLaunchError
+from vmrt.util.pdeath import die_with_parent
 
 
 @dataclass
@@ -43,8 +44,11 @@ def launch(argv: list[str], *, qemu_fds: list[int], log: Path) -> subprocess.Pop
     """Run QEMU with only `qemu_fds` inherited; its stdout/stderr go to `log`."""
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
     try:
+        # QEMU dies with the monitor (see util/pdeath.py). The monitor forks QEMU from its
+        # only thread, before any worker thread exists, so a preexec_fn is safe here.
         return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fd, stderr=fd,
-                                pass_fds=qemu_fds, close_fds=True)
+                                pass_fds=qemu_fds, close_fds=True,
+                                preexec_fn=die_with_parent())  # noqa: PLW1509
     except OSError as exc:
         raise VMLaunchError(f"cannot run {argv[0]}: {exc.strerror}") from exc
     finally:

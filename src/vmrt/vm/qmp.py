@@ -56,11 +56,15 @@ class QMP:
         listener = EventListener("DEVICE_DELETED")
         with self._client.listen(listener):
             await self.execute("device_del", {"id": device_id})
-            async with asyncio.timeout(timeout):
-                async for event in listener:
-                    data = event.get("data", {})  # noqa: SIM401 - Message is not a dict
-                    if isinstance(data, dict) and data.get("device") == device_id:
-                        return
+            try:
+                async with asyncio.timeout(timeout):
+                    async for event in listener:
+                        data = event.get("data", {})  # noqa: SIM401 - Message is not a dict
+                        if isinstance(data, dict) and data.get("device") == device_id:
+                            return
+            except TimeoutError:
+                raise SandboxError(
+                    f"the guest did not release {device_id} within {timeout:g}s") from None
 
     async def query_pci_ids(self) -> list[str]:
         buses = await self.execute("query-pci")
