@@ -1,8 +1,10 @@
-"""`make demo`: a busybox container in its own VM, on built-in defaults.
+"""`make demo`: a pod VM running containers, on built-in defaults.
 
-Builds a bundle from the host's busybox-static, runs it with `vmrt run`
-and prints what the container sees: its kernel (the guest's, not the
-host's), its CPU and memory, and its hostname.
+Builds bundles from the host's busybox-static and drives vmrt exactly as
+CRI-O drives a runtime: a pod sandbox (its infra container) boots the VM,
+two containers join it, one leaves a message in the pod's shared /dev/shm
+for the other, an `exec` looks around inside, and deleting the sandbox
+takes the VM away.
 """
 
 from __future__ import annotations
@@ -15,15 +17,19 @@ import sys
 import tempfile
 from pathlib import Path
 
-SCRIPT = (
-    "echo \"hello from a container in a vmrt VM\"; "
-    "echo \"kernel: $(uname -r) (host: HOST)\"; "
-    "echo \"cpus: $(nproc), memory: $(grep MemTotal /proc/meminfo | tr -s ' ' | cut -d' ' -f2) kB\"; "
-    "echo \"hostname: $(hostname)\""
-)
+POD = "vmrt-demo-pod"
+SANDBOX = {"io.kubernetes.cri-o.ContainerType": "sandbox",
+           "io.kubernetes.cri-o.SandboxName": POD}
+MEMBER = {"io.kubernetes.cri-o.ContainerType": "container",
+          "io.kubernetes.cri-o.SandboxID": POD}
+FIRST = ('echo "[first]  kernel $(uname -r) (host HOST), hostname $(hostname), '
+         '$(nproc) vCPU, $(grep MemTotal /proc/meminfo | tr -s \' \' | cut -d\' \' -f2) kB"; '
+         'echo "a note left in the pod\'s /dev/shm by the first container" > /dev/shm/note')
+SECOND = 'echo "[second] read from /dev/shm: $(cat /dev/shm/note)"'
 
 
-def make_bundle(path: Path, args: list[str], busybox: str = "/bin/busybox") -> Path:
+def make_bundle(path: Path, args: list[str], busybox: str = "/bin/busybox",
+                annotations: dict[str, str] | None = None) -> Path:
     rootfs = path / "rootfs"
     (rootfs / "bin").mkdir(parents=True)
     shutil.copy2(busybox, rootfs / "bin" / "busybox")
@@ -51,10 +57,13 @@ def make_bundle(path: Path, args: list[str], busybox: str = "/bin/busybox") -> P
              "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
             {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
              "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
+            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+             "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
             {"destination": "/sys", "type": "sysfs", "source": "sysfs",
              "options": ["nosuid", "noexec", "nodev", "ro"]},
         ],
         "linux": {"namespaces": [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount")]},
+        "annotations": annotations or {},
     }
     (path / "config.json").write_text(json.dumps(config, indent=1))
     return path
@@ -62,12 +71,30 @@ def make_bundle(path: Path, args: list[str], busybox: str = "/bin/busybox") -> P
 
 def main() -> int:
     vmrt = str(Path(sys.executable).with_name("vmrt"))
-    with tempfile.TemporaryDirectory(prefix="vmrt-demo-") as tmp:
-        bundle = make_bundle(Path(tmp) / "bundle", ["sh", "-c", SCRIPT.replace("HOST", os.uname().release)])
-        root = Path(tmp) / "state"
-        proc = subprocess.run([vmrt, "--root", str(root), "run", "--bundle", str(bundle),
-                               "vmrt-demo"], check=False)
-        return proc.returncode
+    with tempfile.TemporaryDirectory(prefix="vd", dir="/tmp") as tmp:
+        base = Path(tmp)
+        cli = [vmrt, "--root", str(base / "state")]
+
+        def run(*args: str) -> int:
+            return subprocess.run([*cli, *args], check=False).returncode
+
+        pause = make_bundle(base / "pause", ["sleep", "100000"], annotations=SANDBOX)
+        first = make_bundle(base / "first", ["sh", "-c", FIRST.replace("HOST", os.uname().release)],
+                            annotations=MEMBER)
+        second = make_bundle(base / "second", ["sh", "-c", SECOND], annotations=MEMBER)
+        print(f"booting the pod VM for sandbox {POD} ...", flush=True)
+        if run("run", "--detach", "--bundle", str(pause), POD) != 0:
+            return 1
+        try:
+            codes = [run("run", "--bundle", str(first), "first"),
+                     run("run", "--bundle", str(second), "second")]
+            print("[exec]   processes in the sandbox container:", flush=True)
+            codes.append(run("exec", POD, "ps", "-o", "pid,comm"))
+            codes.append(run("debug", "ls"))
+        finally:
+            run("delete", "--force", POD)
+        print("the sandbox is deleted and its VM is gone", flush=True)
+        return max(codes)
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ def test_sandbox_lives_in_the_vms_namespaces(tmp_path: Path) -> None:
     b = _pod_bundle(tmp_path, {"io.kubernetes.cri-o.ContainerType": "sandbox"},
                     [{"type": t} for t in ("pid", "ipc", "uts", "mount", "network")], str(tmp_path))
     g = guestspec.build(oci.load(b), "infra")
-    assert g.spec["linux"]["namespaces"] == [{"type": "mount"}]
+    assert g.spec["linux"]["namespaces"] == [{"type": "pid"}, {"type": "mount"}]
     assert g.pod_hostname == "pod-a"  # the VM takes the pod's hostname
     assert "hostname" not in g.spec  # crun could not set it without a UTS namespace
     assert g.spec["mounts"][0]["source"] == guestspec.POD_SHM and not g.binds
@@ -64,10 +64,13 @@ def test_sandbox_lives_in_the_vms_namespaces(tmp_path: Path) -> None:
 def test_member_joins_by_path_and_keeps_private_ones(tmp_path: Path) -> None:
     b = _pod_bundle(tmp_path, {"io.kubernetes.cri-o.ContainerType": "container",
                                "io.kubernetes.cri-o.SandboxID": "infra"},
-                    [{"type": "pid"}, {"type": "ipc", "path": "/proc/7/ns/ipc"},
+                    [{"type": "pid", "path": "/proc/7/ns/pid"},
+                     {"type": "ipc", "path": "/proc/7/ns/ipc"},
                      {"type": "uts", "path": "/proc/7/ns/uts"}, {"type": "mount"}],
                     str(tmp_path))
     g = guestspec.build(oci.load(b), "c1")
-    assert g.spec["linux"]["namespaces"] == [{"type": "pid"}, {"type": "mount"}]
+    # the infra's pid namespace: its guest path is filled in by the monitor
+    assert g.spec["linux"]["namespaces"] == [{"type": "pid", "path": guestspec.JOIN_SANDBOX},
+                                             {"type": "mount"}]
     assert g.pod_hostname == ""  # a member does not rename the pod
     assert g.spec["mounts"][0]["source"] == guestspec.POD_SHM

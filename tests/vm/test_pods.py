@@ -229,3 +229,25 @@ def test_ten_concurrent_creates_into_one_pod(runtime: Runtime, bundle, new_id) -
     assert len(qemu_pids(runtime)) == 1
     runtime.ok("delete", "--force", sid)
     assert runtime.list_ids() == []
+
+
+def test_member_shares_the_infra_pid_namespace(runtime: Runtime, bundle, new_id) -> None:
+    """shareProcessNamespace: a member naming the infra's pid namespace sees its pause."""
+    from helpers.rootfs import edit_config
+
+    sid, member = new_id(), new_id()
+    Started(runtime, bundle(["sleep", "4242"],
+                            annotations={"io.kubernetes.cri-o.ContainerType": "sandbox"}), sid)
+    b = bundle(["sh", "-c", "ps -o pid,args; sleep 100000"],
+               annotations={"io.kubernetes.cri-o.ContainerType": "container",
+                            "io.kubernetes.cri-o.SandboxID": sid})
+
+    def share_pid(spec: dict[str, Any]) -> None:
+        for ns in spec["linux"]["namespaces"]:
+            if ns["type"] == "pid":
+                ns["path"] = "/proc/1/ns/pid"  # what a manager names: the infra's
+
+    edit_config(b, share_pid)
+    out = Started(runtime, b, member).wait_lines(3)
+    assert any(line.split()[:2] == ["1", "sleep"] and "4242" in line for line in out), out
+    runtime.ok("delete", "--force", sid)

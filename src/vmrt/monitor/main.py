@@ -304,7 +304,7 @@ class Monitor:
         cid = protocol.get_str(args, "id")
         if cid in self.containers:
             raise MonitorError("container with given ID already exists", "exists")
-        spec = protocol.get_dict(args, "spec")
+        spec = self._join_sandbox_namespaces(protocol.get_dict(args, "spec"))
         rootfs = protocol.get_str(args, "rootfs")
         binds = [shares.BindSource(protocol.get_str(b, "name"), protocol.get_str(b, "source"))
                  for b in args.get("binds", [])]
@@ -401,6 +401,24 @@ class Monitor:
         await asyncio.to_thread(entry.share.virtiofsd.wait)
         shares._unstage(entry.share.staging)
         return {}
+
+    def _join_sandbox_namespaces(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """A member sharing the infra container's pid namespace gets its guest path; with
+        no infra container (a lazy pod) it shares the VM's own."""
+        from vmrt.runtime.guestspec import JOIN_SANDBOX
+
+        linux = spec.get("linux")
+        if not isinstance(linux, dict) or not isinstance(linux.get("namespaces"), list):
+            return spec
+        infra = self.containers.get(self.args.sandbox_id)
+        namespaces = []
+        for ns in linux["namespaces"]:
+            if isinstance(ns, dict) and ns.get("path") == JOIN_SANDBOX:
+                if infra is None or infra.guest_pid <= 1:
+                    continue
+                ns = {**ns, "path": f"/proc/{infra.guest_pid}/ns/{ns.get('type')}"}
+            namespaces.append(ns)
+        return {**spec, "linux": {**linux, "namespaces": namespaces}}
 
     def _alloc_channel(self) -> int:
         state = self.store.update_sandbox(self.args.sandbox_id, lambda s: replace(

@@ -37,7 +37,10 @@ class GuestSpec:
 POD_SHM = "/run/vmrt/pod/shm"
 #: Namespaces a pod shares: the VM's own. A member that names one by path (the
 #: infra container's /proc/<pid>/ns/...) joins the VM's; so does a sandbox.
-POD_NAMESPACES = frozenset({"network", "ipc", "uts", "pid"})
+POD_NAMESPACES = frozenset({"network", "ipc", "uts"})
+#: A member's pid namespace named by path is the infra container's: the monitor, which
+#: knows the infra's pid in the guest, puts its /proc/<pid>/ns/pid here.
+JOIN_SANDBOX = "vmrt:sandbox"
 
 
 def share_dir(container_id: str) -> str:
@@ -52,6 +55,9 @@ def _namespaces(namespaces: list[dict[str, Any]], role: Role) -> list[dict[str, 
             continue  # the pod's network is the VM's: the agent puts CNI's NICs there
         if kind in POD_NAMESPACES and ("path" in ns or role is Role.SANDBOX):
             continue  # shared with the pod, i.e. the VM's own
+        if kind == "pid" and "path" in ns and role is Role.CONTAINER:
+            kept.append({"type": "pid", "path": JOIN_SANDBOX})
+            continue
         if "path" in ns:
             continue  # a host path means nothing in the guest
         kept.append({k: v for k, v in ns.items() if k != "path"})
