@@ -86,6 +86,9 @@ class ProcessIO:
         if self._closed:
             self.close()
             return
+        # Input is credit-based too: the host sends only what we can hold, so a process
+        # that reads its stdin slowly slows its writer down instead of losing input.
+        self._grant_stdin(protocol.INITIAL_CREDIT)
         self._update_readers()
         self._flush_stdin()
 
@@ -219,9 +222,15 @@ class ProcessIO:
                     self._drop_stdin_fd()
                 return
             del self._stdin_buf[:written]
+            self._grant_stdin(written)
         self._unwatch_stdin()
         if self._stdin_eof and not self.terminal:
             self._drop_stdin_fd()
+
+    def _grant_stdin(self, amount: int) -> None:
+        if amount > 0 and not self._stdin_eof and not self._closed:
+            self._writer.send(protocol.encode_frame(FrameType.CREDIT, self.channel,
+                                                    protocol.pack_credit(amount)))
 
     def _unwatch_stdin(self) -> None:
         if self._stdin_watched and self._stdin is not None:

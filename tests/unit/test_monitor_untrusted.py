@@ -80,7 +80,7 @@ class Host:
 
 def run(test: Callable[[Host], Awaitable[None]]) -> None:
     async def main() -> None:
-        async with Host() as host:
+        async with Host() as host, asyncio.timeout(30):
             await test(host)
 
     asyncio.run(main())

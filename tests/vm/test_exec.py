@@ -155,3 +155,10 @@ def test_exec_tty_resize_and_interrupt(runtime: Runtime, running: str, tmp_path:
     finally:
         os.close(master)
         listener.close()
+
+
+def test_exec_large_stdin_is_not_lost(runtime: Runtime, running: str) -> None:
+    """8 MiB through a process that reads slowly: input waits, it is never dropped."""
+    data = bytes(range(256)) * (32 << 10)
+    res = runtime.run("exec", running, "sh", "-c", "sleep 1; wc -c", input=data)
+    assert (res.returncode, res.stdout.strip()) == (0, str(len(data))), res

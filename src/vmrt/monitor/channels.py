@@ -19,6 +19,9 @@ from vmrt import protocol
 from vmrt.errors import SandboxError
 from vmrt.protocol import ExitStatus, Frame, FrameType
 
+#: The most input held for a process before the shim is made to wait.
+STDIN_CHUNK = 64 << 10
+
 
 @dataclass
 class ProcessChannel:
@@ -33,6 +36,17 @@ class ProcessChannel:
     #: Output received and relayed, to be granted again once the shim took it.
     _to_grant: int = 0
     _granting: asyncio.Task[None] | None = None
+    #: Input the agent can take (it grants it as the process reads), what waits for
+    #: more, and whether the shim's EOF waits behind it.
+    _stdin_credit: int = 0
+    _stdin_buf: bytearray = field(default_factory=bytearray)
+    _stdin_close: bool = False
+    #: Set while the session may read more from the shim: input backs up to the shim's
+    #: socket (and so to its writer), never into the monitor's memory.
+    stdin_room: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.stdin_room.set()
 
     def attach(self, writer: asyncio.StreamWriter) -> None:
         self.reader = writer
@@ -46,6 +60,10 @@ class ProcessChannel:
 
     def from_agent(self, frame: Frame) -> None:
         """STDOUT/STDERR/CLOSE from the guest, relayed to the attached shim."""
+        if frame.type is FrameType.CREDIT:
+            self._stdin_credit += protocol.unpack_credit(frame.payload)
+            self._pump_stdin()
+            return
         size = len(frame.payload) if frame.type in (FrameType.STDOUT, FrameType.STDERR) else 0
         if size > self._credit:
             raise protocol.ProtocolError(
@@ -83,13 +101,36 @@ class ProcessChannel:
             raise protocol.ProtocolError(f"a shim may not send {frame.type.name}")
         if frame.type is FrameType.CLOSE and frame.payload != b"stdin":
             raise protocol.ProtocolError("a shim may only close stdin")
-        self.send_to_agent(protocol.encode_frame(frame.type, self.channel, frame.payload))
+        if frame.type is FrameType.STDIN:
+            self._stdin_buf += frame.payload
+        elif frame.type is FrameType.CLOSE:
+            self._stdin_close = True
+        else:
+            self.send_to_agent(protocol.encode_frame(frame.type, self.channel, frame.payload))
+        self._pump_stdin()
+
+    def _pump_stdin(self) -> None:
+        while self._stdin_buf and self._stdin_credit > 0 and self.exit_status is None:
+            size = min(self._stdin_credit, len(self._stdin_buf), STDIN_CHUNK)
+            self.send_to_agent(protocol.encode_frame(FrameType.STDIN, self.channel,
+                                                     bytes(self._stdin_buf[:size])))
+            del self._stdin_buf[:size]
+            self._stdin_credit -= size
+        if self._stdin_close and not self._stdin_buf and self.exit_status is None:
+            self._stdin_close = False
+            self.send_to_agent(protocol.encode_frame(FrameType.CLOSE, self.channel, b"stdin"))
+        if len(self._stdin_buf) < STDIN_CHUNK:
+            self.stdin_room.set()
+        else:
+            self.stdin_room.clear()
 
     def exit(self, status: ExitStatus) -> None:
         if self.exit_status is not None:
             return
         self.exit_status = status
         self.exited.set()
+        self._stdin_buf.clear()  # nobody will read it now
+        self.stdin_room.set()
         self._send_exit()
 
     def _send_exit(self) -> None:

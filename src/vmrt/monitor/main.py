@@ -191,6 +191,8 @@ class Monitor:
                         attached.from_shim(frame)
                     else:
                         raise protocol.ProtocolError(f"unexpected {frame.type.name} frame")
+                if attached is not None:
+                    await attached.stdin_room.wait()
         except (protocol.ProtocolError, ConnectionError, SandboxError) as exc:
             self.log.warning("session dropped", error=str(exc))
         finally:
