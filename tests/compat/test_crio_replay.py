@@ -234,7 +234,7 @@ class Crio:
     def exec_sync(self, cid: str, name: str, process: dict[str, Any],
                   timeout: int = 0) -> tuple[dict[str, Any], list[tuple[str, str, str]]]:
         """ExecSyncContainer: conmon -e --sync; returns (the sync message, log entries)."""
-        d = Path(self.env.dir / "execsync")
+        d = self.env.dir / "execsync"
         d.mkdir(exist_ok=True)
         tag = f"{cid}-{time.monotonic_ns()}"
         pid_file, log_path, pfile = d / f"{tag}.pid", d / f"{tag}.log", d / f"{tag}.json"
@@ -373,7 +373,7 @@ def test_crio_pod_replay(crio: Crio, runtime: Runtime, busybox_rootfs: Path,
         st = runtime.state(cid)
         assert (st["status"], st["pid"]) == ("created", crio.init[cid][0]), st
         runtime.ok("start", cid)
-    (a_id, a_name, a_b, a_run), (b_id, b_name, b_b, b_run) = members["a"], members["b"]
+    (a_id, a_name, a_b, a_run), (b_id, _, b_b, b_run) = members["a"], members["b"]
 
     for run, line in ((a_run, "a-ready"), (b_run, "b-ready")):
         assert procs.wait_until(

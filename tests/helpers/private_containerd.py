@@ -10,6 +10,12 @@ host's (or another test session's).  This script does the `unshare --mount
 The mount point /run/containerd is created on the host if it is missing (an empty
 directory; it is never removed again because another session's namespace may hold a
 mount on it).
+
+After cutting the namespace off the host (rprivate), `/` is made rshared again, in a
+peer group of its own: like a systemd host, where containerd's rootfs mounts propagate
+into mount namespaces copied later from containerd's (a pod VM monitor's, which must see
+the rootfs of a member container mounted after it started).  Nothing propagates back to
+the host.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import sys
 CLONE_NEWNS = 0x00020000
 MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
+MS_SHARED = 1 << 20
 MOUNTPOINT = "/run/containerd"
 
 
@@ -45,6 +52,7 @@ def main(argv: list[str]) -> int:
     os.makedirs(MOUNTPOINT, exist_ok=True)
     _check(libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
     _check(libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "make / rprivate")
+    _check(libc.mount(b"none", b"/", None, MS_REC | MS_SHARED, None), "make / rshared")
     _check(libc.mount(b"tmpfs", MOUNTPOINT.encode(), b"tmpfs", 0, b"mode=711"),
            f"mount tmpfs on {MOUNTPOINT}")
     os.execv(argv[1], argv[1:])
