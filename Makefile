@@ -53,5 +53,9 @@ bench: setup
 bench-quick: setup
 	$(PY) bench/run.py --quick
 
+# 1000 mixed lifecycle operations with random SIGKILLs, then every leak counted.
+soak: setup
+	$(PY) bench/soak.py --ops 1000
+
 clean:
 	rm -rf $(VENV) build *.egg-info bench/results

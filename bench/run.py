@@ -3,227 +3,236 @@
 Every figure is a median over repeated runs (with min and max) and stands
 beside a reference measured in the same run on the same machine:
 
-* boot floor: raw QEMU with the same kernel and initramfs until the agent's
-  hello arrives on the virtio-serial port (no vmrt code on that path);
-* `vmrt run` of `true`, end to end, and `vmrt create`+`start` of a container;
-* CLI latency: `vmrt state` beside `python -c pass` (the same interpreter)
-  and `runc state`;
-* host runc's `runc run` of the same bundle;
-* host PSS of an idle pod (QEMU + monitor + shim + virtiofsd).
+1. boot floor: QEMU with vmrt's argv, launched by hand, until the agent's hello
+   (bench/boot.py);
+2. pod cold start (`create` + `start` of a sandbox until its program writes to
+   stdout) and `vmrt run` of `true`, against the floor; the same start served by
+   the warm pool, against the cold start (bench/pods.py);
+3. container join in a running pod, beside the guest's own `crun run` of that
+   bundle (timed in the guest through `vmrt debug console`) and the host's
+   `runc run`;
+4. CLI latency: `vmrt state|list|--version` beside `python -c pass` of the same
+   interpreter and `runc state` (bench/cli_latency.py);
+5. host PSS per idle pod, for 1 and 10 pods, and per extra container
+   (bench/memory.py);
+6. (full run) scale: the Nth pod's cold start while N-1 idle, and how many idle
+   pods still answer `exec` within 2 s (bench/scale.py);
+7. churn: pods created and deleted per minute;
+8. bench/network.py's stream, when that module is there.
 
-Results: a table on stdout, bench/results/latest.json, and a PNG plot.
+Results: a table on stdout, bench/results/latest.json and latest.png. Every VM
+is gone afterwards, also when a section fails (bench/lab.py); a failed section
+is reported, the others still run, and the exit status is 1.
+
+    .venv/bin/python bench/run.py --quick|--full [--only SECTION ...]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
-import socket
-import statistics
-import subprocess
+import signal
 import sys
-import tempfile
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import boot  # noqa: E402
+import cli_latency  # noqa: E402
+import memory  # noqa: E402
+import pods  # noqa: E402
+import report  # noqa: E402
+import scale  # noqa: E402
+from lab import REPO, Lab  # noqa: E402
+from stats import Figure  # noqa: E402
+
 RESULTS = REPO / "bench" / "results"
-VMRT = str(Path(sys.executable).with_name("vmrt"))
-RUNC = shutil.which("runc") or "/usr/sbin/runc"
+SECTIONS = ("boot", "cold", "join", "cli", "memory", "pool", "scale", "churn", "network")
+REQUIRED = ("boot_floor_s", "pod_cold_start_s", "container_join_s", "guest_crun_run_s",
+            "host_runc_run_s", "cli_state_s", "python_pass_s", "pss_per_idle_pod_mib",
+            "warm_pool_start_s")
 
 
-def timed(fn: Callable[[], object], runs: int) -> dict[str, float]:
-    samples = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t0)
-    return {"median": statistics.median(samples), "min": min(samples), "max": max(samples),
-            "runs": runs}
+class Bench:
+    def __init__(self, full: bool, only: set[str], settings: dict[str, object]) -> None:
+        self.full = full
+        self.only = only
+        self.runs = 7 if full else 3
+        self.cli_runs = 50 if full else 20
+        self.figures: dict[str, Figure] = {}
+        self.extra: dict[str, Any] = {}
+        self.errors: list[str] = []
+        self.lab = Lab(settings)
+        # debug_console: the guest's own `crun run` is timed through `vmrt debug console`.
+        self.root = self.lab.root("r", {"debug_console": True})
 
-
-def boot_floor(kernel: str, initrd: str, cmdline: str) -> None:
-    """QEMU straight to the agent's first bytes: the floor any runtime stands on."""
-    agent_host, agent_vm = socket.socketpair()
-    argv = [
-        "/usr/bin/qemu-system-x86_64", "-machine", "q35,accel=tcg,memory-backend=mem",
-        "-object", "memory-backend-memfd,id=mem,size=512M,share=on", "-m", "512M",
-        "-accel", "tcg,thread=single,tb-size=64", "-cpu", "max", "-smp", "1",
-        "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
-        "-kernel", kernel, "-initrd", initrd, "-append", cmdline + " vmrt.nonce=00",
-        "-device", "virtio-serial-pci,id=vser0",
-        "-chardev", f"socket,id=agent,fd={agent_vm.fileno()}",
-        "-device", "virtserialport,chardev=agent,name=vmrt.agent,bus=vser0.0",
-        "-device", "virtio-rng-pci",
-    ]
-    proc = subprocess.Popen(argv, pass_fds=[agent_vm.fileno()], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    agent_vm.close()
-    try:
-        agent_host.settimeout(60)
-        if not agent_host.recv(1):
-            raise RuntimeError("the guest closed the port before saying hello")
-    finally:
-        proc.kill()
-        proc.wait()
-        agent_host.close()
-
-
-def run_checked(argv: list[str]) -> None:
-    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
-
-
-def pss_kib(pids: list[int]) -> int:
-    total = 0
-    for pid in pids:
+    def section(self, name: str, fn: Callable[[], None], *, also: tuple[str, ...] = ()) -> None:
+        if self.only and not self.only & {name, *also}:
+            return
+        print(f"== {name}", flush=True)
+        t0 = time.monotonic()
         try:
-            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
-                    total += int(line.split()[1])
-        except OSError:
-            continue
-    return total
+            fn()
+        except Exception as exc:
+            traceback.print_exc()
+            self.errors.append(f"{name}: {exc}")
+        print(f"   ({time.monotonic() - t0:.0f} s)", flush=True)
 
+    # --- sections ---------------------------------------------------------------------
 
-def pod_pids(root: Path) -> list[int]:
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
+    def boot(self) -> None:
+        fig, argv = boot.boot_floor(self.lab.dir, self.root.config, self.runs)
+        self.figures["boot_floor"] = fig
+        self.extra["boot_floor_argv"] = argv
+
+    def cold(self) -> None:
+        self.figures["pod_cold_start"] = pods.cold_start(self.lab, self.root, self.runs)
+        self.figures["vmrt_run_true"] = pods.run_true(self.lab, self.root, self.runs)
+
+    def join_and_cli(self) -> None:
+        pod = self.lab.new_id("pod")
+        self.root.start_until_output(pods.pod_bundle(self.lab), pod)
         try:
-            cmd = (proc / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if str(root).encode() in cmd or (b"vmrt.monitor" in cmd and str(root).encode() in cmd):
-            pids.append(int(proc.name))
-    return pids
-
-
-def main() -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--full", action="store_true")
-    opts = parser.parse_args()
-    runs = 3 if opts.quick else 7
-    from vmrt.config import load
-    from vmrt.demo import make_bundle
-    from vmrt.image import ensure_image
-
-    image = ensure_image(load())
-    cmdline = " ".join(image.cmdline)
-    results: dict[str, object] = {"machine": os.uname().release, "runs": runs,
-                                  "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    with tempfile.TemporaryDirectory(prefix="vb", dir="/tmp") as tmp:
-        tmpdir = Path(tmp)
-        bundle = make_bundle(tmpdir / "bundle", ["true"])
-        root = tmpdir / "r"
-        counter = iter(range(10**6))
-
-        results["boot_floor"] = timed(lambda: boot_floor(image.kernel, image.initrd, cmdline), runs)
-        results["vmrt_run_true"] = timed(lambda: run_checked(
-            [VMRT, "--root", str(root), "run", "--bundle", str(bundle), f"b{next(counter)}"]), runs)
-
-        def cold_start() -> None:
-            cid = f"c{next(counter)}"
-            run_checked([VMRT, "--root", str(root), "create", "--bundle", str(bundle), cid])
-            run_checked([VMRT, "--root", str(root), "start", cid])
-            cold_ids.append(cid)
-
-        cold_ids: list[str] = []
-        results["pod_cold_start"] = timed(cold_start, runs)
-        for cid in cold_ids:
-            run_checked([VMRT, "--root", str(root), "delete", "--force", cid])
-
-        runc_root = tmpdir / "runc"
-        results["host_runc_run"] = timed(lambda: run_checked(
-            [RUNC, "--root", str(runc_root), "run", "--bundle", str(bundle), f"r{next(counter)}"]),
-            runs)
-
-        # CLI latency and memory, against one idle pod.
-        idle = make_bundle(tmpdir / "idle", ["sleep", "1000"])
-        run_checked([VMRT, "--root", str(root), "run", "-d", "--bundle", str(idle), "idle"])
-        try:
-            time.sleep(2)  # let the guest settle before reading memory
-            results["pss_per_idle_pod_mib"] = pss_kib(pod_pids(root)) / 1024
-            cli_runs = runs * 5
-            results["cli_state"] = timed(
-                lambda: run_checked([VMRT, "--root", str(root), "state", "idle"]), cli_runs)
-            results["cli_list"] = timed(
-                lambda: run_checked([VMRT, "--root", str(root), "list"]), cli_runs)
-            results["cli_version"] = timed(lambda: run_checked([VMRT, "--version"]), cli_runs)
-            results["python_pass"] = timed(
-                lambda: run_checked([sys.executable, "-c", "pass"]), cli_runs)
-            run_checked([RUNC, "--root", str(runc_root), "run", "-d", "--bundle", str(idle),
-                         "ridle"])
-            results["runc_state"] = timed(
-                lambda: run_checked([RUNC, "--root", str(runc_root), "state", "ridle"]), cli_runs)
-            subprocess.run([RUNC, "--root", str(runc_root), "delete", "-f", "ridle"], check=False)
+            argv = self.extra.get("boot_floor_argv")
+            if argv:
+                monitor_log = self.root.path / "sandboxes" / pod / "monitor.log"
+                self.extra["boot_floor_argv_differences"] = boot.argv_differences(argv, monitor_log)
+            if self._wanted("join"):
+                self.figures["container_join"] = pods.join(self.lab, self.root, pod, self.runs)
+                self.figures["guest_crun_run"] = pods.guest_crun_run(self.lab, self.root, pod,
+                                                                     self.runs)
+                self.figures["host_runc_run"] = pods.host_runc_run(self.lab, pod, self.runs)
+            if self._wanted("cli"):
+                self.figures.update(cli_latency.cli_latency(self.lab, self.root, pod,
+                                                            self.cli_runs))
+            if self._wanted("memory"):
+                extra = memory.per_extra_container(self.lab, self.root, pod, 3)
+                self.figures["pss_per_extra_container"] = extra
+                self.extra["pss_per_extra_container_mib"] = extra.median
         finally:
-            subprocess.run([VMRT, "--root", str(root), "delete", "-f", "idle"], check=False)
-    report(results)
-    return 0
+            self.root.delete(pod)
+
+    def memory(self) -> None:
+        root = self.lab.root("m")
+        idle: list[str] = []
+        try:
+            one = memory.idle_pods(self.lab, root, 1, idle)
+            self.extra["pss_per_idle_pod_mib"] = one.pop("total")
+            self.extra["pss_by_kind_1_pod_mib"] = one
+            ten = memory.idle_pods(self.lab, root, 10, idle)
+            self.extra["pss_per_idle_pod_10_mib"] = ten.pop("total")
+            self.extra["pss_by_kind_10_pods_mib"] = ten
+        finally:
+            for cid in idle:
+                root.delete(cid)
+
+    def pool(self) -> None:
+        root = self.lab.root("p", {"pool_size": 1})
+        try:
+            self.figures["warm_pool_start"] = pods.pool_start(self.lab, root, self.runs)
+        finally:
+            root.call("pool", "drain", check=False)
+
+    def scale(self) -> None:
+        res = scale.scale(self.lab, self.lab.root("s"), plot_up_to=50, limit=100)
+        self.extra["idle_pods_max"] = res.idle_pods_max
+        self.extra["scale_stopped_by"] = res.stopped_by
+        self.extra["scale_cold_start"] = res.cold_start
+        self.extra["scale_exec_worst"] = res.exec_worst
+
+    def churn(self) -> None:
+        per_min, cycle = scale.churn(self.lab, self.lab.root("c"), 180.0 if self.full else 30.0)
+        self.extra["churn_pods_per_min"] = per_min
+        self.figures["churn_cycle"] = cycle
+
+    def network(self) -> None:
+        if not (REPO / "bench" / "network.py").is_file():
+            print("   bench/network.py is not there: skipped")
+            return
+        import json
+
+        import network
+
+        argv = [] if self.full else ["--mb", "50", "--runs", "1"]
+        code = network.main(argv)
+        if code == 2:
+            print("   network bench skipped (its lab is not available here)")
+            return
+        if code != 0:
+            raise RuntimeError(f"bench/network.py exited {code}")
+        net = json.loads((RESULTS / "network.json").read_text())
+        self.extra["network_vm_mib_s"] = net["vmrt"]["median"]
+        self.extra["network_veth_mib_s"] = net["veth"]["median"]
+        self.extra["network_ratio"] = net["ratio"]
+
+    def _wanted(self, name: str) -> bool:
+        return not self.only or name in self.only
+
+    def run(self) -> int:
+        self.section("boot", self.boot)
+        self.section("cold", self.cold)
+        self.section("join", self.join_and_cli, also=("cli", "memory"))
+        self.section("memory", self.memory)
+        self.section("pool", self.pool)
+        if self.full:
+            self.section("scale", self.scale)
+        self.section("churn", self.churn)
+        self.section("network", self.network)
+        return 0
 
 
-def _m(results: dict[str, object], key: str) -> float:
-    value = results[key]
-    assert isinstance(value, dict)
-    return float(value["median"])
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="fewer runs, no scale sweep, 30 s churn")
+    mode.add_argument("--full", action="store_true", help="the default")
+    parser.add_argument("--only", action="append", choices=SECTIONS, default=[],
+                        help="run only these sections (repeatable)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a vmrt config value for every root of the run (repeatable; "
+                        "TOML value), to compare configurations")
+    args = parser.parse_args(argv)
+    import tomllib
 
+    settings = {k: tomllib.loads(f"v = {v}")["v"] for k, _, v in
+                (s.partition("=") for s in args.set)}
 
-def report(results: dict[str, object]) -> None:
-    flat = {
-        "boot_floor_s": _m(results, "boot_floor"),
-        "vmrt_run_true_s": _m(results, "vmrt_run_true"),
-        "pod_cold_start_s": _m(results, "pod_cold_start"),
-        "host_runc_run_s": _m(results, "host_runc_run"),
-        "cli_state_s": _m(results, "cli_state"),
-        "cli_list_s": _m(results, "cli_list"),
-        "cli_version_s": _m(results, "cli_version"),
-        "python_pass_s": _m(results, "python_pass"),
-        "runc_state_s": _m(results, "runc_state"),
-        "pss_per_idle_pod_mib": results["pss_per_idle_pod_mib"],
-    }
-    ratios = {
-        "pod_cold_start / boot_floor": flat["pod_cold_start_s"] / flat["boot_floor_s"],
-        "vmrt_run_true / boot_floor": flat["vmrt_run_true_s"] / flat["boot_floor_s"],
-        "vmrt_run_true / runc_run": flat["vmrt_run_true_s"] / flat["host_runc_run_s"],
-        "vmrt_state / python_pass": flat["cli_state_s"] / flat["python_pass_s"],
-        "vmrt_state / runc_state": flat["cli_state_s"] / flat["runc_state_s"],
-    }
-    out = {**flat, "ratios": ratios, "detail": results}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "latest.json").write_text(json.dumps(out, indent=2))
-    print(f"{'figure':32} {'median':>10} {'min':>10} {'max':>10}")
-    for key, value in results.items():
-        if isinstance(value, dict):
-            print(f"{key:32} {value['median']:10.4f} {value['min']:10.4f} {value['max']:10.4f}")
-    print(f"{'pss_per_idle_pod_mib':32} {flat['pss_per_idle_pod_mib']:10.1f}")
-    for name, ratio in ratios.items():
-        print(f"ratio {name:40} {ratio:8.2f}")
-    plot(results)
+    def terminate(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)  # unwinds into the cleanup below
 
-
-def plot(results: dict[str, object]) -> None:
+    signal.signal(signal.SIGTERM, terminate)
+    signal.signal(signal.SIGHUP, terminate)
+    bench = Bench(full=not args.quick, only=set(args.only), settings=settings)
+    t0 = time.monotonic()
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return
-    keys = [k for k, v in results.items() if isinstance(v, dict) and "median" in v]
-    values = [_m(results, k) for k in keys]
-    fig, ax = plt.subplots(figsize=(8, 4))
-    ax.barh(keys, values)
-    ax.set_xscale("log")
-    ax.set_xlabel("seconds (median, log scale)")
-    ax.set_title("vmrt beside its references (one run)")
-    fig.tight_layout()
-    fig.savefig(RESULTS / "latest.png")
+        bench.run()
+    finally:
+        leftovers = bench.lab.close()
+        if leftovers:
+            bench.errors.append("cleanup had to kill: " + "; ".join(leftovers))
+    bench.extra["mode"] = "full" if bench.full else "quick"
+    bench.extra["settings"] = settings
+    detail = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "kernel": os.uname().release, "cpus": os.cpu_count(),
+              "bench_seconds": round(time.monotonic() - t0),
+              "load_average": os.getloadavg(), "errors": bench.errors}
+    print(report.write(RESULTS, bench.figures, bench.extra, detail))
+    missing = [k for k in REQUIRED if k not in report.flatten(bench.figures, bench.extra)]
+    if bench.full and "idle_pods_max" not in bench.extra:
+        missing.append("idle_pods_max")
+    if args.only:
+        missing = []
+    for err in bench.errors:
+        print(f"ERROR {err}", file=sys.stderr)
+    if missing:
+        print(f"ERROR missing figures: {', '.join(missing)}", file=sys.stderr)
+    print(f"wrote {RESULTS / 'latest.json'} and {RESULTS / 'latest.png'} "
+          f"({time.monotonic() - t0:.0f} s)")
+    return 1 if bench.errors or missing else 0
 
 
 if __name__ == "__main__":

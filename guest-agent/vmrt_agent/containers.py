@@ -268,6 +268,10 @@ class Containers:
         """Run a guest program to completion through the one reaper."""
         return await self._reaper.run(argv, timeout=timeout)
 
+    def runtime_argv(self) -> list[str]:
+        """The OCI runtime and its --root, as every runtime call starts."""
+        return [self._config.runtime, "--root", self._config.runtime_root]
+
     # --- helpers -----------------------------------------------------------
 
     async def _ready(self, container_id: str) -> Container:

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from vmrt_agent import control, network, protocol
+from vmrt_agent import control, network, protocol, warmup
 from vmrt_agent.containers import Containers, CreateRequest, KillRequest
 from vmrt_agent.debug_shell import DebugShells
 from vmrt_agent.errors import AgentError, InvalidError
@@ -175,6 +175,10 @@ def debug_shell(services: Services, args: Args) -> Awaitable[Result]:
     return finish()
 
 
+async def warm_up(services: Services, args: Args) -> Result:
+    return await warmup.warm_up(services.containers)
+
+
 HANDLERS: Final[dict[str, Handler]] = {
     "ping": ping,
     "create_container": create_container,
@@ -192,6 +196,7 @@ HANDLERS: Final[dict[str, Handler]] = {
     "ps_container": ps_container,
     "stats_container": stats_container,
     "resize_guest": resize_guest,
+    "warm_up": warm_up,
 }
 
 

@@ -39,6 +39,8 @@ class Config:
     max_memory_mib: int = 0
     hotplug_slots: int = 16
     tb_size_mib: int = 64
+    #: qboot: a minimal firmware that boots the kernel ≈0.3 s sooner than SeaBIOS under TCG.
+    firmware: str = "qboot.rom"
     root: str = "erofs"  # erofs (read-only disk image) | initramfs
     kernel: str = ""  # empty: the built image's kernel
     initrd: str = ""  # empty: the built image's initrd
@@ -47,6 +49,8 @@ class Config:
     request_timeout_s: float = 30.0
     debug_console: bool = False
     sandbox_qemu: bool = True
+    #: Booted, empty VMs kept ready under <root>/pool/ for sandbox creates to claim.
+    pool_size: int = 0
     source: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property
@@ -80,6 +84,8 @@ def load(path: str | None = None) -> Config:
         changes[key] = value
     if changes.get("accel", cfg.accel) not in ("auto", "kvm", "tcg"):
         raise ConfigError(f"config {path}: accel must be auto, kvm or tcg")
+    if changes.get("pool_size", 0) < 0:
+        raise ConfigError(f"config {path}: pool_size must be 0 or more")
     if changes.get("root", cfg.root) not in ("erofs", "initramfs"):
         raise ConfigError(f"config {path}: root must be erofs or initramfs")
     source = dict(cfg.source) | {k: path for k in changes}

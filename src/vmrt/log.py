@@ -7,7 +7,6 @@ shape: {"level":"error","msg":"...","time":"<RFC 3339>"}.
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 import sys
@@ -15,6 +14,8 @@ from dataclasses import dataclass, field
 
 
 def _now() -> str:
+    import datetime  # only when a line is written: `vmrt state` writes none
+
     return datetime.datetime.now(datetime.UTC).astimezone().isoformat(timespec="seconds")
 
 

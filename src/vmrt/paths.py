@@ -6,6 +6,18 @@
     <root>/sandboxes/<sb>/{qmp,agent}.sock QEMU's sockets, owned by the monitor
     <root>/sandboxes/<sb>/{console,qemu,monitor,virtiofsd}.log
     <root>/sandboxes/<sb>/shares/<id>/     staging dir of a container's virtio-fs share
+    <root>/pool/.lock                      taken while the warm pool is refilled or drained
+    <root>/pool/<vm>/                      one warm VM (config `pool_size`): booted, bound to no
+                                           sandbox; the files of a sandbox dir (monitor.sock, logs)
+    <root>/pool/<vm>/pool.json             its monitor (pid + start time) and boot fingerprint
+    <root>/pool/<vm>/ready.json            its QEMU; written by its monitor after the agent's hello
+    <root>/pool/.<vm>.gone/                a VM being taken out of the pool (drained or dead)
+
+A sandbox create claims a warm VM by renaming <root>/pool/<vm> to
+<root>/sandboxes/<sb> (RENAME_NOREPLACE: one syscall claims both the VM and the
+sandbox id), then tells its monitor, which re-execs as that sandbox's monitor.
+Until then a pool VM's monitor runs `python -m vmrt.monitor.pooled`, which no
+sandbox names: its processes belong to <root>/pool/<vm>, not to any sandbox.
 """
 
 from __future__ import annotations
@@ -70,6 +82,25 @@ class SandboxDir:
 
 
 @dataclass(frozen=True)
+class PoolVMDir:
+    """A warm VM's directory; once claimed, the same directory is a SandboxDir."""
+
+    path: Path
+
+    @property
+    def vm(self) -> SandboxDir:
+        return SandboxDir(self.path)
+
+    @property
+    def record(self) -> Path:
+        return self.path / "pool.json"
+
+    @property
+    def ready(self) -> Path:
+        return self.path / "ready.json"
+
+
+@dataclass(frozen=True)
 class Root:
     path: Path
 
@@ -84,6 +115,19 @@ class Root:
     @property
     def sandboxes(self) -> Path:
         return self.path / "sandboxes"
+
+    @property
+    def pool(self) -> Path:
+        return self.path / "pool"
+
+    @property
+    def pool_lock(self) -> Path:
+        return self.pool / ".lock"
+
+    def pool_vm(self, vm_id: str) -> PoolVMDir:
+        from vmrt.ids import validate_id
+
+        return PoolVMDir(self.pool / validate_id(vm_id))
 
     def container(self, container_id: str) -> ContainerDir:
         """Every path of a container is made here, so every ID is validated here: an ID

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -204,6 +205,8 @@ def test_fault(runtime: Runtime, bundle, new_id, tmp_path: Path, component: str,
         t0 = time.monotonic()
         if step == "deleting":
             delete = _delete_during_fault(rt, case, pids, shim)
+            print(f"{component}/{step}: the interrupted delete ended (rc {delete[0]}) "
+                  f"{time.monotonic() - t0:.2f}s after the fault")
         else:
             case.inject(pids, shim)
             seen = rt.wait_status(cid, "stopped", STATE_BOUND_S)
@@ -255,3 +258,39 @@ def _delete_during_fault(rt: Runtime, case: Case, pids: dict[str, int],
                 proc.wait()
         err.seek(0)
         return rc, err.read().decode(errors="replace")
+
+
+def test_delete_force_with_the_sandbox_state_gone(runtime: Runtime, bundle, new_id) -> None:
+    """sandbox.json removed by hand under a running container: `delete --force` still
+    removes everything, finding the VM's processes by their argv."""
+    rt = runtime
+    cid = new_id()
+    rt.ok("run", "--detach", "--bundle", str(bundle(["sleep", "1000"])), cid)
+    pids = [*_pids(rt, cid).values(), rt.state(cid)["pid"]]
+    shutil.rmtree(rt.root / "sandboxes" / cid)
+    res = rt.run("delete", "--force", cid)
+    assert res.returncode == 0 and res.stderr == "", res
+    _assert_all_gone(rt, pids)
+
+
+def test_create_killed_while_its_vm_boots(runtime: Runtime, bundle, new_id) -> None:
+    """The client dies mid-`create` (no undo runs): the container reads `stopped`, and
+    `delete --force` takes down the VM that nobody's state names yet."""
+    from vmrt.runtime import procscan
+
+    rt = runtime
+    cid = new_id()
+    proc = subprocess.Popen(rt.argv("create", "--bundle", str(bundle(["sleep", "1000"])), cid),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        assert wait_until(lambda: any(p.kind == "qemu" for p in procscan.of_sandbox(
+            rt.root, cid)), 60), "no QEMU appeared"
+    finally:
+        proc.kill()
+        proc.wait()
+    vm = [p.pid for p in procscan.of_sandbox(rt.root, cid)]
+    assert rt.wait_status(cid, "stopped", STATE_BOUND_S) == "stopped"
+    res = rt.run("delete", "--force", cid)
+    assert res.returncode == 0 and res.stderr == "", res
+    _assert_all_gone(rt, vm)

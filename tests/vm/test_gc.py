@@ -129,7 +129,9 @@ def test_gc_kills_qemu_and_virtiofsd_without_a_monitor(runtime: Runtime, short_t
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True)
     try:
-        assert wait_until(lambda: (short_tmp / "v.sock").exists(), 10)
+        # Both up (QEMU opened its console log, virtiofsd listens) before the state goes.
+        assert wait_until(lambda: (short_tmp / "v.sock").exists()
+                          and (ghost / "console.log").exists(), 10)
         shutil.rmtree(ghost)  # and then its state went too
         listed = _gc(rt, "--dry-run")
         assert f"process qemu pid={qemu.pid} sandbox={ghost.name}: its sandbox is gone" in listed

@@ -28,6 +28,7 @@ VERBS = {
     "check": "vmrt.cli.check",
     "image": "vmrt.cli.image",
     "gc": "vmrt.cli.gc",
+    "pool": "vmrt.cli.pool",
     "config": "vmrt.cli.config",
     "debug": "vmrt.cli.debug",
     "ps": "vmrt.cli.ps",

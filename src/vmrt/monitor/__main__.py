@@ -6,6 +6,7 @@ import json
 import sys
 
 from vmrt import config
+from vmrt.monitor.adopt import Adoption
 from vmrt.monitor.main import MonitorArgs, run
 from vmrt.paths import Root
 
@@ -19,7 +20,8 @@ def main() -> int:
         root=Root.at(spec["root"]), sandbox_id=spec["sandbox_id"], name=spec["name"],
         kernel=spec["kernel"], initrd=spec["initrd"],
         kernel_cmdline=tuple(spec["kernel_cmdline"]), root_image=spec["root_image"],
-        accel=spec["accel"], config=cfg)
+        accel=spec["accel"], config=cfg,
+        adopt=Adoption.from_json(spec["adopt"]) if spec.get("adopt") else None)
     return run(args, int(spec["ready_fd"]))
 
 

@@ -37,9 +37,12 @@ class AgentLink:
         self._hello: asyncio.Future[dict[str, Any]] | None = None
         self.closed = False
 
-    async def start(self) -> None:
+    async def start(self, *, greeted: bool = False) -> None:
+        """`greeted`: the hello was read (and checked) before this link took over the port."""
         reader, self._writer = await asyncio.open_connection(sock=self._sock)
         self._hello = asyncio.get_running_loop().create_future()
+        if greeted:
+            self._hello.set_result({})
         self._reader_task = asyncio.create_task(self._read_loop(reader))
 
     async def wait_hello(self, nonce: str, timeout: float) -> dict[str, Any]:

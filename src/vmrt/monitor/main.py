@@ -21,7 +21,8 @@ from typing import Any
 from vmrt import log, protocol
 from vmrt.config import Config
 from vmrt.errors import MonitorError, SandboxError, VMLaunchError, VmrtError
-from vmrt.monitor import debugging, ratelimit, shares
+from vmrt.monitor import debugging, ratelimit, shares, vmspec
+from vmrt.monitor.adopt import AdoptedQemu, Adoption
 from vmrt.monitor.agent_link import AgentLink
 from vmrt.monitor.channels import ProcessChannel
 from vmrt.monitor.network import PodNetwork
@@ -50,6 +51,8 @@ class MonitorArgs:
     root_image: str
     accel: str
     config: Config
+    #: A warm pool VM handed over by `monitor.pooled` (which exec'd this monitor).
+    adopt: Adoption | None = None
 
 
 @dataclass
@@ -90,20 +93,21 @@ class Monitor:
     # --- boot ----------------------------------------------------------------
 
     async def boot(self) -> None:
+        if self.args.adopt is not None:
+            await self._adopt(self.args.adopt)
+            return
         (qmp_host, qmp_vm), (agent_host, agent_vm) = qemu.socket_pairs()
         nonce = secrets.token_hex(16)
-        vm = cmdline.VMSpec(
-            name=self.args.sandbox_id[:32], qemu=self.cfg.qemu, accel=self.args.accel,
-            machine=self.cfg.machine, vcpus=self.cfg.vcpus, memory_mib=self.cfg.memory_mib,
-            kernel=self.args.kernel, initrd=self.args.initrd,
-            kernel_cmdline=(*self.args.kernel_cmdline, f"vmrt.nonce={nonce}"),
-            qmp_fd=qmp_vm.fileno(), agent_fd=agent_vm.fileno(),
-            console_log=str(self.sbdir.console_log), hotplug_slots=self.cfg.hotplug_slots,
-            tb_size_mib=self.cfg.tb_size_mib, sandbox=self.cfg.sandbox_qemu,
-            root_image=self.args.root_image, max_vcpus=self.sizer.limits.max_vcpus,
+        vm = vmspec.pod_vm(
+            self.cfg, name=self.args.sandbox_id, kernel=self.args.kernel, initrd=self.args.initrd,
+            kernel_cmdline=self.args.kernel_cmdline, root_image=self.args.root_image,
+            accel=self.args.accel, nonce=nonce, qmp_fd=qmp_vm.fileno(), agent_fd=agent_vm.fileno(),
+            console_log=str(self.sbdir.console_log), max_vcpus=self.sizer.limits.max_vcpus,
             max_memory_mib=self.sizer.limits.max_mib)
         argv = cmdline.build(vm)
         self.log.info("launching qemu", argv=argv)
+        # QEMU would create the console log 0644 (its umask): the guest's output is ours.
+        os.close(os.open(self.sbdir.console_log, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
         self.qemu = qemu.launch(argv, qemu_fds=[qmp_vm.fileno(), agent_vm.fileno()],
                                 log=self.sbdir.qemu_log)
         qmp_vm.close()
@@ -117,6 +121,17 @@ class Monitor:
         except VmrtError as exc:
             tail = qemu.QemuProcess(self.qemu, qmp_host, agent_host, self.sbdir.qemu_log).log_tail()
             raise VMLaunchError(f"{exc}{': ' + tail if tail else ''}") from exc
+
+    async def _adopt(self, adopted: Adoption) -> None:
+        """Take over a warm pool VM that `monitor.pooled` booted and exec'd this monitor
+        for: QEMU (a child kept across exec), the agent port past its hello, and QMP not
+        yet negotiated (its greeting waits in the socket)."""
+        self.log.info("adopted a warm pool VM", qemu=adopted.qemu_pid)
+        self.qemu = AdoptedQemu(adopted.qemu_pid)
+        self._watch_qemu(self.qemu.pid)
+        self.agent = AgentLink(adopted.agent_socket(), self._on_agent_event, self._on_agent_close)
+        await self.agent.start(greeted=True)
+        await self.qmp.connect(adopted.qmp_socket())
 
     def _watch_qemu(self, pid: int) -> None:
         pidfd = os.pidfd_open(pid)
@@ -163,7 +178,8 @@ class Monitor:
     # --- requests ------------------------------------------------------------
 
     async def serve(self, ready_fd: int) -> None:
-        listener = bind_unix(self.sbdir.monitor_sock)
+        listener = (self.args.adopt.listener() if self.args.adopt is not None
+                    else bind_unix(self.sbdir.monitor_sock))
         server = await asyncio.start_unix_server(self._session, sock=listener)
         # The booting `create` holds the sandbox lock while it waits for this line, and
         # records these pids itself: taking the lock here would deadlock with it.

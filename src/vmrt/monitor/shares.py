@@ -55,7 +55,8 @@ def fuse_opt(value: str) -> str:
 
 
 def _stage(staging: Path, rootfs: str, binds: list[BindSource]) -> None:
-    staging.mkdir(parents=True, exist_ok=True)
+    staging.parent.mkdir(mode=0o700, exist_ok=True)
+    staging.mkdir(mode=0o700, exist_ok=True)
     (staging / "rootfs").mkdir(exist_ok=True)
     mount.bind(rootfs, str(staging / "rootfs"))
     for b in binds:

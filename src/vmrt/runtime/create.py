@@ -80,6 +80,11 @@ def _create_in_vm(ctx: Context, sandbox_id: str, spec: oci.Spec, opts: CreateOpt
                   undo: contextlib.ExitStack) -> int:
     """Share the rootfs into the VM and have the agent create the container; return its channel."""
     gspec = guestspec.build(spec, opts.id)
+    monitor = ctx.store.load_sandbox(sandbox_id).monitor
+    if monitor is not None:  # a member's mounts may not reach a running VM's monitor
+        from vmrt.runtime.visible import require_visible
+
+        require_visible(monitor.pid, [str(spec.rootfs), *(b.source for b in gspec.binds)])
     with sandboxes.monitor(ctx, sandbox_id) as mon:
         result = mon.call("create_container", id=opts.id, spec=gspec.spec,
                           rootfs=str(spec.rootfs), terminal=spec.terminal,

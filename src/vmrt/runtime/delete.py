@@ -38,7 +38,7 @@ def _delete_locked(ctx: Context, state: ContainerState, force: bool) -> None:
     if current not in (Status.STOPPED, Status.CREATED) and not force:
         raise StateTransitionError(
             f"cannot delete container {state.id} that is not stopped: {current.value}")
-    owns_vm = state.sandbox == state.id
+    owns_vm = state.sandbox == state.id or (not state.sandbox and _booting_own_vm(ctx, state))
     if owns_vm:
         _delete_members(ctx, state, force)
     if current is not Status.STOPPED:
@@ -46,10 +46,21 @@ def _delete_locked(ctx: Context, state: ContainerState, force: bool) -> None:
     with contextlib.suppress(VmrtError, OSError), sandboxes.monitor(ctx, state.sandbox) as mon:
         mon.call("delete_container", id=state.id, force=True)
     if owns_vm:
-        sandboxes.destroy(ctx, state.sandbox)
+        sandboxes.destroy(ctx, state.id)
     elif state.sandbox:
         pods.leave(ctx, state.sandbox, state.id)
     ctx.store.remove_container(state.id)
+
+
+def _booting_own_vm(ctx: Context, state: ContainerState) -> bool:
+    """A `create` that died while its VM booted had not recorded the sandbox yet; a VM of
+    its own is named after it, and still runs (found by its argv) or left its directory."""
+    try:
+        return state.id in ctx.store.load_sandbox(state.id).members
+    except NotFoundError:
+        return ctx.root.sandbox(state.id).path.is_dir()
+    except VmrtError:
+        return False
 
 
 def _delete_members(ctx: Context, state: ContainerState, force: bool) -> None:
@@ -75,12 +86,16 @@ def _is_live(ctx: Context, container_id: str) -> bool:
 
 
 def _stop(ctx: Context, state: ContainerState) -> None:
+    wait = STOP_WAIT_S
     try:
         with sandboxes.monitor(ctx, state.sandbox) as mon:
             mon.call("kill_container", id=state.id, signal=int(signal.SIGKILL), all=True)
-    except MonitorError:
-        pass  # a dead VM has no process left to stop; the shim goes below
-    deadline = time.monotonic() + STOP_WAIT_S
+    except MonitorError as exc:
+        if exc.kind == "unreachable":  # a dead VM has no process left to stop, and its
+            wait = 1.0  # shim lost its monitor: it goes below, without a live one's grace
+    except VmrtError:  # the sandbox's state is gone: no VM to ask
+        wait = 1.0
+    deadline = time.monotonic() + wait
     while state.shim and state.shim.alive() and time.monotonic() < deadline:
         time.sleep(0.02)
     if state.shim and state.shim.alive():

@@ -23,6 +23,7 @@ import contextlib
 import fcntl
 import os
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +69,9 @@ class View:
             return True
         return any(p.kind == "monitor" and p.sandbox == sandbox_id for p in self.processes)
 
+
+#: How long a directory without state is taken for one being made.
+STATELESS_GRACE_S = 60.0
 
 Finder = Callable[[Context, View], list[Orphan]]
 #: Finders of other debris (the network's, say): each returns its own orphans.
@@ -166,6 +170,8 @@ def _containers(ctx: Context, view: View) -> list[Orphan]:
             continue
         remove = _remover(ctx.store.remove_container, cid)
         if state is None:
+            if _young(ctx.root.containers / cid):
+                continue  # claimed by a `create` an instant before it took the lock
             out.append(Orphan("container", cid, "no readable state", remove))
         elif status.current(state) is Status.STOPPED and not (
                 state.sandbox and view.vm_alive(state.sandbox)):
@@ -182,6 +188,8 @@ def _sandboxes(ctx: Context, view: View, gone: set[str]) -> list[Orphan]:
         members = state.members if state is not None else ()
         if any(c.sandbox == sb for c in live.values()) or any(m in live for m in members):
             continue
+        if state is None and _young(ctx.root.sandboxes / sb):
+            continue  # claimed by a `create` an instant before it took the lock
         if not view.quiet and (state is None or state.monitor is None):
             continue  # perhaps a `create` between claiming it and booting its VM
         reason = "no container refers to it"
@@ -264,6 +272,15 @@ def _dirs(path: Path) -> list[Path]:
         return sorted(p for p in path.iterdir() if p.is_dir() and not p.is_symlink())
     except OSError:
         return []
+
+
+def _young(directory: Path) -> bool:
+    """Made within the last STATELESS_GRACE_S: a directory is claimed (mkdir) before its
+    claimer can lock it or write its state."""
+    try:
+        return time.time() - directory.stat().st_mtime < STATELESS_GRACE_S
+    except OSError:
+        return False
 
 
 def _locked(directory: Path) -> bool:

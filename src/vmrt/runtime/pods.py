@@ -24,6 +24,7 @@ from dataclasses import replace
 from vmrt import ids, network
 from vmrt.errors import NotFoundError, SandboxError
 from vmrt.oci import Role, Spec
+from vmrt.runtime import pool
 from vmrt.runtime import sandbox as sandboxes
 from vmrt.runtime.context import Context
 from vmrt.state.model import NetworkRef, SandboxState
@@ -84,19 +85,23 @@ def _boot_new(ctx: Context, sandbox_id: str, name: str, container_id: str, lazy:
     store = ctx.store
     sdir = ctx.root.sandbox(sandbox_id).path
     ctx.root.ensure()
-    try:
-        sdir.mkdir(mode=0o700)
-    except FileExistsError:
-        raise _Exists() from None
+    warm = pool.claim(ctx, sandbox_id)  # a warm VM's directory renamed to sdir, or None
+    if warm is None:
+        try:
+            sdir.mkdir(mode=0o700)
+        except FileExistsError:
+            raise _Exists() from None
     fd = os.open(sdir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # joiners wait here until the VM is up or gone
         undo.callback(sandboxes.destroy, ctx, sandbox_id)
         store.save_sandbox(SandboxState(id=sandbox_id, name=name, created=_now(),
                                         members=(container_id,), lazy=lazy, network=net))
-        sandboxes.boot(ctx, store.load_sandbox(sandbox_id))
+        if warm is None or not pool.adopt(ctx, warm, store.load_sandbox(sandbox_id)):
+            sandboxes.boot(ctx, store.load_sandbox(sandbox_id))
     finally:
         os.close(fd)
+    pool.refill_in_background(ctx)  # detached: this create waits for no boot
 
 
 def _join_running(ctx: Context, sandbox_id: str, container_id: str,

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import enum
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
 
 from vmrt.errors import VmrtError
+
+TYPE_CHECKING = False  # typing is not imported at run time: `vmrt state` pays for every import
+if TYPE_CHECKING:
+    from typing import Any
 
 SCHEMA_VERSION = 1
 

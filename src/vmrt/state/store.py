@@ -11,14 +11,16 @@ import contextlib
 import fcntl
 import json
 import os
-import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 from vmrt.errors import ExistsError, NotFoundError, VmrtError
 from vmrt.paths import Root
 from vmrt.state.model import ContainerState, SandboxState
+
+TYPE_CHECKING = False  # typing is not imported at run time: `vmrt state` pays for every import
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
@@ -52,6 +54,12 @@ def read_json(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise VmrtError(f"corrupt state file {path}")
     return data
+
+
+def _rmtree(path: Path) -> None:
+    import shutil  # not at import: `vmrt state` removes nothing
+
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -97,7 +105,7 @@ class Store:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 if (cdir / "state.json").exists() or (cdir / "creating").exists():
                     return False
-                shutil.rmtree(cdir, ignore_errors=True)
+                _rmtree(cdir)
                 return True
         except (BlockingIOError, NotFoundError):
             return False
@@ -117,7 +125,7 @@ class Store:
         write_json(self.root.container(state.id).state, state.to_json())
 
     def remove_container(self, container_id: str) -> None:
-        shutil.rmtree(self.root.container(container_id).path, ignore_errors=True)
+        _rmtree(self.root.container(container_id).path)
 
     def container_ids(self) -> list[str]:
         try:
@@ -169,4 +177,4 @@ class Store:
             return []
 
     def remove_sandbox(self, sandbox_id: str) -> None:
-        shutil.rmtree(self.root.sandbox(sandbox_id).path, ignore_errors=True)
+        _rmtree(self.root.sandbox(sandbox_id).path)

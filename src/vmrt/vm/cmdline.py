@@ -43,6 +43,9 @@ class VMSpec:
     #: virtio-fs must reach hot-plugged RAM too), resized with qom-set.
     max_vcpus: int = 0
     max_memory_mib: int = 0
+    #: `-bios`: a firmware file name (QEMU looks it up in its data directory) or path;
+    #: empty: QEMU's default (SeaBIOS).
+    firmware: str = ""
 
 
 #: The virtio-mem device that grows and shrinks the guest's RAM (QOM path for qom-set).
@@ -74,7 +77,7 @@ def build(vm: VMSpec) -> list[str]:
         "-m", mem + (f",maxmem={vm.memory_mib + hot_mib}M" if hot_mib else ""),
         "-smp", str(vm.vcpus) + (f",maxcpus={vm.max_vcpus}" if vm.max_vcpus > vm.vcpus else ""),
         "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
-        "-kernel", opt(vm.kernel),
+        "-kernel", vm.kernel,  # a plain path, not an option string: QEMU takes it verbatim
         "-append", " ".join(vm.kernel_cmdline),
         "-chardev", f"socket,id=qmp,fd={vm.qmp_fd}",
         "-mon", "chardev=qmp,mode=control",
@@ -89,7 +92,7 @@ def build(vm: VMSpec) -> list[str]:
         argv += ["-drive", f"file={opt(vm.root_image)},if=none,id=root,format=raw,readonly=on",
                  "-device", "virtio-blk-pci,drive=root,id=rootdisk"]
     else:
-        argv += ["-initrd", opt(vm.initrd)]
+        argv += ["-initrd", vm.initrd]  # verbatim, as -kernel
     if vm.accel == "tcg":
         # One vCPU thread, and a bounded translation cache: ~27 MiB less per VM, same boot.
         argv += ["-accel", f"tcg,thread=single,tb-size={vm.tb_size_mib}", "-cpu", "max"]
@@ -105,6 +108,8 @@ def build(vm: VMSpec) -> list[str]:
         argv += ["-object", f"memory-backend-memfd,id=hotmem,size={hot_mib}M,share=on",
                  "-device", f"virtio-mem-pci,id={HOTPLUG_MEMORY_ID},memdev=hotmem,requested-size=0,"
                  f"block-size={HOTPLUG_MEMORY_BLOCK_MIB}M"]
+    if vm.firmware:
+        argv += ["-bios", vm.firmware]  # a plain file name, not an option string
     if vm.sandbox:
         argv += ["-sandbox",
                  "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import fcntl
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -53,6 +54,14 @@ def _listed(ctx: Context) -> list[str]:
     return sorted(f"{o.kind} {o.name}" for o in gc.find(ctx))
 
 
+def _stateless(path: Path) -> Path:
+    """A directory without state, older than gc's grace for one being made."""
+    path.mkdir()
+    old = time.time() - gc.STATELESS_GRACE_S - 1
+    os.utime(path, (old, old))
+    return path
+
+
 def _hold(path: Path) -> int:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     fcntl.flock(fd, fcntl.LOCK_EX)
@@ -64,7 +73,8 @@ def test_empty_root_has_no_orphans(ctx: Context) -> None:
 
 
 def test_container_dir_without_state(ctx: Context) -> None:
-    (ctx.root.containers / "half").mkdir()
+    (ctx.root.containers / "new").mkdir()  # just claimed: its create may not hold it yet
+    _stateless(ctx.root.containers / "half")
     assert _listed(ctx) == ["container half"]
     gc.collect(ctx)
     assert not (ctx.root.containers / "half").exists()
@@ -73,7 +83,7 @@ def test_container_dir_without_state(ctx: Context) -> None:
 def test_a_verb_at_work_is_left_alone(ctx: Context) -> None:
     """A create holds its container's lock from the claim to the pid file; meanwhile a
     sandbox without a VM yet may be its own, so that is left alone as well."""
-    (ctx.root.containers / "half").mkdir()
+    _stateless(ctx.root.containers / "half")
     _sandbox(ctx, "booting", None, ())
     fd = _hold(ctx.root.containers / "half")
     try:
@@ -125,7 +135,7 @@ def test_share_of_no_container(ctx: Context, live: ProcessRef) -> None:
 
 
 def test_dry_run_removes_nothing(ctx: Context) -> None:
-    (ctx.root.containers / "half").mkdir()
+    _stateless(ctx.root.containers / "half")
     assert [o.name for o in gc.collect(ctx, dry_run=True)] == ["half"]
     assert (ctx.root.containers / "half").exists()
 
@@ -167,8 +177,6 @@ def test_a_real_process_is_classified(tmp_path: Path) -> None:
     try:
         def found() -> list[procscan.VmrtProcess]:
             return [p for p in procscan.scan(tmp_path / "rel") if p.pid == proc.pid]
-
-        import time
 
         deadline = time.monotonic() + 10
         while not found() and time.monotonic() < deadline:

@@ -1,0 +1,84 @@
+"""Host memory of idle pods: PSS (from /proc/<pid>/smaps_rollup) of every host process a
+pod costs — QEMU, the monitor, the shims, virtiofsd — summed and divided by the pods.
+
+PSS splits each shared page among the processes mapping it (QEMU's binary, the
+page cache of the erofs root, the interpreter's libraries), so the per-pod
+figure falls as pods are added: it is measured for 1 and for 10 pods.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from lab import REPO, Lab, Root, member_of
+from pods import READY, pod_bundle
+from stats import Figure
+
+SETTLE_S = 3.0
+
+
+def pss_kib(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def pss_by_kind(root: Path) -> dict[str, float]:
+    """MiB of PSS per kind of vmrt process under `root` (procscan's classification)."""
+    sys.path.insert(0, str(REPO / "src"))
+    from vmrt.runtime import procscan
+
+    out: dict[str, float] = {}
+    for proc in procscan.scan(root):
+        out[proc.kind] = out.get(proc.kind, 0.0) + pss_kib(proc.pid) / 1024
+    return out
+
+
+def settled(root: Path, readings: int = 3) -> dict[str, float]:
+    """Median of a few readings, a second apart, after the guests settled."""
+    time.sleep(SETTLE_S)
+    samples = []
+    for _ in range(readings):
+        samples.append(pss_by_kind(root))
+        time.sleep(1.0)
+    kinds = {k for s in samples for k in s}
+    return {k: statistics.median(s.get(k, 0.0) for s in samples) for k in sorted(kinds)}
+
+
+def idle_pods(lab: Lab, root: Root, count: int, already: list[str]) -> dict[str, float]:
+    """Bring `root` to `count` idle pods (keeping `already`); PSS per pod, by kind."""
+    bundle = pod_bundle(lab)
+    while len(already) < count:
+        cid = lab.new_id("idle")
+        root.call("run", "--detach", "--bundle", str(bundle), cid)
+        already.append(cid)
+    kinds = settled(root.path)
+    per_pod = {k: v / count for k, v in kinds.items()}
+    per_pod["total"] = sum(kinds.values()) / count
+    return per_pod
+
+
+def per_extra_container(lab: Lab, root: Root, pod: str, extra: int) -> Figure:
+    """PSS a pod gains per member container (a shim, a virtiofsd, the guest's share)."""
+    before = sum(settled(root.path).values())
+    bundle = lab.bundle(READY, member_of(pod))
+    members = []
+    try:
+        for _ in range(extra):
+            cid = lab.new_id("extra")
+            root.call("run", "--detach", "--bundle", str(bundle), cid)
+            members.append(cid)
+        after = sum(settled(root.path).values())
+    finally:
+        for cid in members:
+            root.delete(cid)
+    return Figure([(after - before) / extra], unit="MiB",
+                  note=f"PSS gained by one pod per member container ({extra} members)")

@@ -1,0 +1,307 @@
+"""A warm pool VM's monitor until a sandbox claims it: `python -I -m vmrt.monitor.pooled SPEC`.
+
+It boots QEMU exactly as a sandbox monitor would (`vmspec.pod_vm`), waits for
+the agent's hello, writes `ready.json`, and then only waits: for QEMU to die
+(it exits; the next refill reaps the entry), for SIGTERM (a drain), or for one
+`adopt` request on its socket. By then the claimer has renamed this VM's
+directory to `sandboxes/<sb>` (`runtime/pool.py`). On `adopt` it joins the
+sandbox's network namespace (an fd passed with the request) and execs
+`python -m vmrt.monitor` as that sandbox's monitor, in the same process: QEMU
+stays its child, and QMP, the agent port, the listening socket and the
+claimer's connection (where the new monitor reports ready) are inherited.
+
+Two things make the handover lossless: QMP is never read here, so the new
+monitor gets QEMU's greeting and negotiates itself; and the agent port is read
+only up to the hello, after which the guest sends nothing unasked.
+
+Its argv names no sandbox (`procscan` does not take it for a sandbox monitor,
+so `gc` leaves it alone); once exec'd, the argv names the sandbox that claimed it.
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import json
+import os
+import secrets
+import select
+import signal
+import socket
+import sys
+import time
+from typing import Any
+
+from vmrt import config, protocol
+from vmrt.errors import VmrtError
+from vmrt.ids import validate_id
+from vmrt.monitor import vmspec
+from vmrt.monitor.adopt import Adoption
+from vmrt.paths import PoolVMDir, Root
+from vmrt.state.store import write_json
+from vmrt.util.proc import start_time
+from vmrt.util.sockets import bind_unix
+from vmrt.vm import cmdline, qemu
+
+#: A claimer must send its whole request within this long of connecting.
+REQUEST_TIMEOUT_S = 5.0
+#: POOL_SCHEDULING: a pool VM is started, boots and idles under SCHED_IDLE (QEMU
+#: inherits it): it only gets CPU time nothing else wants, so the refill a pod's create
+#: starts does not slow that pod's start (at nice 10 it still cost ≈0.3 s of a ≈0.7 s
+#: start here). Once claimed, the monitor and QEMU go back to SCHED_OTHER.
+#: How often an idle pool VM checks that its directory still exists.
+ORPHAN_CHECK_S = 10.0
+
+
+class PoolError(Exception):
+    pass
+
+
+def _log(level: str, msg: str, **fields: Any) -> None:
+    """A JSON line on stderr: the monitor.log this process was started with, which moves
+    with the directory when the VM is claimed (a path would not)."""
+    record = {"level": level, "msg": msg, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **fields}
+    os.write(2, (json.dumps(record, default=str) + "\n").encode())
+
+
+class PoolVM:
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.spec = spec
+        self.root = Root.at(spec["root"])
+        self.vm_id = validate_id(spec["vm_id"])
+        self.dir: PoolVMDir = self.root.pool_vm(self.vm_id)
+        self.cfg = config.load(spec.get("config_path"))
+        self.qemu: Any = None
+        self.pidfd = -1
+
+    # --- boot ----------------------------------------------------------------------
+
+    def boot(self) -> None:
+        from vmrt.monitor.sizing import bounds
+
+        (self.qmp, qmp_vm), (self.agent, agent_vm) = qemu.socket_pairs()
+        nonce = secrets.token_hex(16)
+        limits = bounds(self.cfg)
+        sbdir = self.dir.vm
+        vm = vmspec.pod_vm(
+            self.cfg, name=f"pool-{self.vm_id}", kernel=self.spec["kernel"],
+            initrd=self.spec["initrd"], kernel_cmdline=tuple(self.spec["kernel_cmdline"]),
+            root_image=self.spec["root_image"], accel=self.spec["accel"], nonce=nonce,
+            qmp_fd=qmp_vm.fileno(), agent_fd=agent_vm.fileno(), console_log=str(sbdir.console_log),
+            max_vcpus=limits.max_vcpus, max_memory_mib=limits.max_mib)
+        argv = cmdline.build(vm)
+        _log("info", "launching qemu", pool_vm=self.vm_id, argv=argv)
+        os.close(os.open(sbdir.console_log, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        self.qemu = qemu.launch(argv, qemu_fds=[qmp_vm.fileno(), agent_vm.fileno()],
+                                log=sbdir.qemu_log)
+        qmp_vm.close()
+        agent_vm.close()
+        self.pidfd = os.pidfd_open(self.qemu.pid)
+        self.listener = bind_unix(sbdir.monitor_sock)
+        self.sock_ino = os.stat(sbdir.monitor_sock).st_ino
+        self._wait_hello(nonce, time.monotonic() + self.cfg.boot_timeout_s)
+        self._warm_up(time.monotonic() + self.cfg.request_timeout_s * 2)
+        me = os.getpid()
+        write_json(self.dir.ready, {"qemu": [self.qemu.pid, start_time(self.qemu.pid) or 0],
+                                    "monitor": [me, start_time(me) or 0]})
+        _log("info", "ready", pool_vm=self.vm_id, qemu=self.qemu.pid)
+
+    def _wait_hello(self, nonce: str, deadline: float) -> None:
+        decoder = protocol.Decoder()
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise PoolError("the guest agent did not say hello in time")
+            ready, _, _ = select.select([self.agent.fileno(), self.pidfd], [], [], left)
+            if self.pidfd in ready:
+                raise PoolError(f"QEMU exited while booting ({self.qemu.poll()})")
+            if not ready:
+                continue
+            data = self.agent.recv(65536)
+            if not data:
+                raise PoolError("the guest closed the agent port")
+            frames = decoder.feed(data)
+            if not frames:
+                continue
+            hello = frames[0].json() if frames[0].type is protocol.FrameType.EVENT else {}
+            if hello.get("event") != "hello" or hello.get("nonce") != nonce \
+                    or hello.get("version") != protocol.VERSION:
+                raise PoolError("the guest agent's first message is not this VM's hello")
+            if len(frames) > 1 or decoder.pending:
+                # The new monitor could not see them: better no pool VM than a lossy one.
+                raise PoolError("the guest sent more than its hello")
+            return
+
+    def _warm_up(self, deadline: float) -> None:
+        """Have the agent run one throwaway container (`vmrt_agent.warmup`): the first
+        container of a fresh guest is slow, and this VM can pay for it while it waits.
+        Best effort: a guest that cannot is still a good pool VM."""
+        self.agent.sendall(protocol.request(1, "warm_up"))
+        decoder = protocol.Decoder()
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise PoolError("the guest agent did not finish warming up in time")
+            ready, _, _ = select.select([self.agent.fileno(), self.pidfd], [], [], left)
+            if self.pidfd in ready:
+                raise PoolError(f"QEMU exited while warming up ({self.qemu.poll()})")
+            if not ready:
+                continue
+            data = self.agent.recv(65536)
+            if not data:
+                raise PoolError("the guest closed the agent port")
+            frames = decoder.feed(data)
+            if not frames:
+                continue
+            if frames[0].type is not protocol.FrameType.RESPONSE or len(frames) > 1 \
+                    or decoder.pending:
+                raise PoolError("the guest sent something else than its warm-up's answer")
+            resp = protocol.Response.parse(frames[0].json())
+            if resp.ok:
+                _log("info", "warmed up", pool_vm=self.vm_id, seconds=resp.result.get("seconds"))
+            else:
+                _log("warning", "no warm-up", pool_vm=self.vm_id, error=resp.error)
+            return
+
+    # --- waiting for a claim -----------------------------------------------------------
+
+    def serve(self) -> int:
+        """Until QEMU dies (1) or a claim execs the sandbox monitor (no return). A VM
+        whose directory is gone (its --root removed under it) stops: nobody could claim
+        or drain it. A claimer renames the directory, then connects within milliseconds,
+        so only a directory missing at two checks in a row counts as gone."""
+        missing = 0
+        while True:
+            ready, _, _ = select.select([self.listener.fileno(), self.pidfd], [], [],
+                                        ORPHAN_CHECK_S)
+            if self.pidfd in ready:
+                _log("warning", "qemu exited", pool_vm=self.vm_id, code=self.qemu.poll())
+                return 1
+            if not ready:
+                missing = 0 if self._still_here() else missing + 1
+                if missing >= 2:
+                    _log("warning", "the pool VM's directory is gone", pool_vm=self.vm_id)
+                    return 1
+                continue
+            conn, _ = self.listener.accept()
+            try:
+                self._session(conn)
+            except (OSError, protocol.ProtocolError, VmrtError, PoolError) as exc:
+                _log("warning", "request refused", pool_vm=self.vm_id, error=str(exc))
+                with contextlib.suppress(OSError):
+                    conn.sendall((json.dumps({"ok": False, "error": str(exc)}) + "\n").encode())
+            conn.close()
+
+    def _still_here(self) -> bool:
+        try:
+            return os.stat(self.dir.vm.monitor_sock).st_ino == self.sock_ino
+        except OSError:
+            return False
+
+    def _session(self, conn: socket.socket) -> None:
+        conn.settimeout(REQUEST_TIMEOUT_S)
+        req, fds = _read_request(conn)
+        try:
+            if req.op == "ping":
+                conn.sendall(protocol.response_ok(req.id, {"pool_vm": self.vm_id}))
+            elif req.op == "adopt":
+                self._adopt(conn, req, fds)
+            else:
+                raise PoolError(f"a pool VM does not serve {req.op!r}")
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def _adopt(self, conn: socket.socket, req: protocol.Request, fds: list[int]) -> None:
+        sandbox_id = validate_id(protocol.get_str(req.args, "sandbox_id"))
+        target = self.root.sandbox(sandbox_id)
+        try:
+            moved = os.stat(target.monitor_sock).st_ino == self.sock_ino
+        except OSError:
+            moved = False
+        if not moved:  # the claim is the rename: without it, this VM is nobody's
+            raise PoolError(f"this VM was not moved to sandbox {sandbox_id}'s directory")
+        _foreground(self.qemu.pid)
+        if fds:
+            from vmrt.network.netns import setns
+
+            setns(fds[0])  # the monitor lives in the pod's network namespace; QEMU needn't
+        adoption = Adoption(self.qemu.pid, self.qmp.fileno(), self.agent.fileno(),
+                            self.listener.fileno())
+        spec = {"root": str(self.root.path), "sandbox_id": sandbox_id,
+                "name": protocol.get_str(req.args, "name"), "kernel": self.spec["kernel"],
+                "initrd": self.spec["initrd"], "kernel_cmdline": self.spec["kernel_cmdline"],
+                "root_image": self.spec["root_image"], "accel": self.spec["accel"],
+                "config_path": protocol.get_str(req.args, "config_path", default="") or None,
+                "ready_fd": conn.fileno(), "adopt": adoption.to_json()}
+        for fd in (*adoption.fds(), conn.fileno()):
+            os.set_inheritable(fd, True)
+        _log("info", "handed to a sandbox", pool_vm=self.vm_id, sandbox=sandbox_id)
+        os.execv(sys.executable, [sys.executable, "-I", "-m", "vmrt.monitor", json.dumps(spec)])
+
+    def stop(self) -> None:
+        if self.qemu is not None and self.qemu.poll() is None:
+            self.qemu.kill()
+            self.qemu.wait()
+
+
+def _read_request(conn: socket.socket) -> tuple[protocol.Request, list[int]]:
+    """One request frame, and the fds (at most one: a network namespace) sent with it."""
+    decoder = protocol.Decoder()
+    fds: list[int] = []
+    while True:
+        data, ancdata, _, _ = conn.recvmsg(65536, socket.CMSG_SPACE(4), socket.MSG_CMSG_CLOEXEC)
+        for level, kind, payload in ancdata:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                got = array.array("i")
+                got.frombytes(payload[: len(payload) - len(payload) % got.itemsize])
+                fds.extend(got)
+        if not data:
+            for fd in fds:
+                os.close(fd)
+            raise protocol.ProtocolError("the claimer closed the connection")
+        frames = decoder.feed(data)
+        if frames:
+            if frames[0].type is not protocol.FrameType.REQUEST:
+                raise protocol.ProtocolError("expected a request")
+            return protocol.Request.parse(frames[0].json()), fds
+
+
+def background() -> None:
+    """SCHED_IDLE for the calling process and what it starts (see POOL_SCHEDULING)."""
+    with contextlib.suppress(OSError):
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+
+
+def _foreground(qemu_pid: int) -> None:
+    """Back to the normal scheduling class: this process and every thread of QEMU (the
+    policy is per thread on Linux)."""
+    try:
+        tids = [int(t) for t in os.listdir(f"/proc/{qemu_pid}/task")]
+    except OSError:
+        tids = []
+    for tid in (os.getpid(), *tids):
+        with contextlib.suppress(OSError):
+            os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
+
+
+def _terminate(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)  # a drain: unwinds into stop()
+
+
+def main() -> int:
+    signal.signal(signal.SIGTERM, _terminate)
+    background()  # its spawner did already; a pool VM started by hand is one too
+    vm = PoolVM(json.loads(sys.argv[1]))
+    try:
+        vm.boot()
+        return vm.serve()
+    except (OSError, VmrtError, PoolError) as exc:
+        _log("error", "pool VM failed", pool_vm=vm.vm_id, error=str(exc))
+        return 1
+    finally:
+        vm.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
