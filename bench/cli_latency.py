@@ -5,13 +5,13 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from lab import RUNC, Lab, Root
+from lab import RUNC, CallError, Lab, Root, run
 from stats import Figure, timed
 
 
 def _quiet(argv: list[str]) -> None:
-    subprocess.run(argv, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL, timeout=60)
+    if run(argv, timeout=60) != 0:
+        raise CallError(f"{' '.join(argv)} failed")
 
 
 def interpreter() -> str:

@@ -118,17 +118,17 @@ class Root:
         return [*base, "--config", str(self.config)] if self.config else base
 
     def call(self, *args: str, check: bool = True, timeout: float = CALL_TIMEOUT_S,
-             stdout: int | None = None) -> subprocess.CompletedProcess[bytes]:
+             stdout: int | None = None) -> int:
         """A CLI call; its stderr goes to a file (a detached shim would hold a pipe open)."""
         with tempfile.TemporaryFile() as err:
-            proc = subprocess.run([*self.argv, *args], stdin=subprocess.DEVNULL,
-                                  stdout=subprocess.DEVNULL if stdout is None else stdout,
-                                  stderr=err, timeout=timeout, check=False)
-            if check and proc.returncode != 0:
+            code = run(
+                [*self.argv, *args], timeout=timeout,
+                stdout=subprocess.DEVNULL if stdout is None else stdout, stderr=err.fileno())
+            if check and code != 0:
                 err.seek(0)
-                raise CallError(f"vmrt {' '.join(args)}: exit {proc.returncode}: "
+                raise CallError(f"vmrt {' '.join(args)}: exit {code}: "
                                 f"{err.read().decode(errors='replace').strip()[-800:]}")
-        return proc
+        return code
 
     def output(self, *args: str, timeout: float = CALL_TIMEOUT_S) -> str:
         with tempfile.TemporaryFile() as out:
@@ -163,6 +163,31 @@ class Root:
 
     def delete(self, cid: str) -> None:
         self.call("delete", "--force", cid, timeout=120)
+
+
+def run(argv: list[str], *, timeout: float, stdout: int = subprocess.DEVNULL,
+        stderr: int = subprocess.DEVNULL) -> int:
+    """Run to completion; the exit status. Not subprocess.run(timeout=...): with a
+    timeout it polls the child with sleeps of up to 50 ms, which would be measured too.
+    A blocking wait, and a timer that kills a call that hangs."""
+    import threading
+
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr)
+    expired = threading.Event()
+
+    def expire() -> None:
+        expired.set()
+        proc.kill()
+
+    timer = threading.Timer(timeout, expire)
+    timer.start()
+    try:
+        code = proc.wait()
+    finally:
+        timer.cancel()
+    if expired.is_set():
+        raise CallError(f"{' '.join(argv[:6])} ... did not finish within {timeout:g} s")
+    return code
 
 
 def wait_for_output(fd: int, token: bytes, deadline: float) -> None:

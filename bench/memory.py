@@ -8,6 +8,7 @@ figure falls as pods are added: it is measured for 1 and for 10 pods.
 
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 import time
@@ -53,17 +54,45 @@ def settled(root: Path, readings: int = 3) -> dict[str, float]:
     return {k: statistics.median(s.get(k, 0.0) for s in samples) for k in sorted(kinds)}
 
 
-def idle_pods(lab: Lab, root: Root, count: int, already: list[str]) -> dict[str, float]:
+def idle_pods(lab: Lab, root: Root, count: int, already: list[str], *,
+              cpu: bool = False) -> dict[str, float]:
     """Bring `root` to `count` idle pods (keeping `already`); PSS per pod, by kind."""
     bundle = pod_bundle(lab)
     while len(already) < count:
         cid = lab.new_id("idle")
-        root.call("run", "--detach", "--bundle", str(bundle), cid)
+        # create + start, as conmon and containerd's shim call them: the shim is a fork of
+        # the `create` process, so what `create` imported is what the shim weighs.
+        root.call("create", "--bundle", str(bundle), cid)
         already.append(cid)
+        root.call("start", cid)
     kinds = settled(root.path)
     per_pod = {k: v / count for k, v in kinds.items()}
     per_pod["total"] = sum(kinds.values()) / count
+    if cpu:
+        per_pod["cpu_pct"] = cpu_percent(root.path) / count
     return per_pod
+
+
+def _cpu_ticks(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return 0
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def cpu_percent(root: Path, seconds: float = 10.0) -> float:
+    """% of one host CPU that `root`'s vmrt processes use while idle (what an idle pod
+    costs the node, and what bounds how many fit)."""
+    sys.path.insert(0, str(REPO / "src"))
+    from vmrt.runtime import procscan
+
+    pids = [p.pid for p in procscan.scan(root)]
+    before = sum(_cpu_ticks(p) for p in pids)
+    time.sleep(seconds)
+    used = sum(_cpu_ticks(p) for p in pids) - before
+    return 100.0 * used / os.sysconf("SC_CLK_TCK") / seconds
 
 
 def per_extra_container(lab: Lab, root: Root, pod: str, extra: int) -> Figure:
@@ -74,11 +103,23 @@ def per_extra_container(lab: Lab, root: Root, pod: str, extra: int) -> Figure:
     try:
         for _ in range(extra):
             cid = lab.new_id("extra")
-            root.call("run", "--detach", "--bundle", str(bundle), cid)
+            root.call("create", "--bundle", str(bundle), cid)
             members.append(cid)
+            root.call("start", cid)
         after = sum(settled(root.path).values())
     finally:
         for cid in members:
             root.delete(cid)
     return Figure([(after - before) / extra], unit="MiB",
                   note=f"PSS gained by one pod per member container ({extra} members)")
+
+
+def pool_vm_pss(root: Root) -> float:
+    """MiB of PSS an idle, ready pool VM costs (its monitor and QEMU), after settling."""
+    import json
+
+    root.call("pool", "fill", "--wait")
+    time.sleep(SETTLE_S)
+    entries = json.loads(root.output("pool", "ls", "--format", "json"))
+    total = sum(pss_kib(e["monitor"]) + pss_kib(e["qemu"]) for e in entries)
+    return total / 1024 / max(1, len(entries))

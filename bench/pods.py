@@ -14,7 +14,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from lab import RUNC, SANDBOX, CallError, Lab, Root, member_of
+from lab import RUNC, SANDBOX, CallError, Lab, Root, member_of, run
 from stats import Figure, sampled, timed
 
 READY = ["sh", "-c", "echo ready; exec sleep 1000000"]
@@ -65,9 +65,9 @@ def host_runc_run(lab: Lab, pod: str, runs: int) -> Figure:
     runc_root = lab.dir / "runc"
 
     def once() -> None:
-        subprocess.run([RUNC, "--root", str(runc_root), "run", "--bundle", str(bundle),
-                        lab.new_id("runc")], check=True, stdin=subprocess.DEVNULL,
-                       stdout=subprocess.DEVNULL, timeout=60)
+        if run([RUNC, "--root", str(runc_root), "run", "--bundle", str(bundle),
+                lab.new_id("runc")], timeout=60) != 0:
+            raise CallError("runc run failed")
 
     return timed(once, runs, note="host `runc run` of the member's bundle, to its exit")
 

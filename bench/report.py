@@ -66,7 +66,8 @@ def table(figures: dict[str, Figure], flat: dict[str, Any], rat: dict[str, float
     for key, value in flat.items():
         if isinstance(value, dict | list):
             continue
-        if key.endswith("_mib") or key in ("idle_pods_max", "churn_pods_per_min"):
+        if key.endswith("_mib") or key in ("idle_pods_max", "churn_pods_per_min",
+                                            "cpu_pct_per_idle_pod"):
             lines.append(f"{key:44} {value:9.1f}" if isinstance(value, float)
                          else f"{key:44} {value!s:>9}")
     for key in ("pss_by_kind_1_pod_mib", "pss_by_kind_10_pods_mib"):

@@ -1,7 +1,8 @@
 """The `vmrt` console script: the hot verbs without click, everything else through it.
 
 Container managers call `state` far more than any other verb (CRI-O and
-containerd poll it), then `list`, `kill` and `start`. Importing click and
+containerd poll it), then `list`, `kill`, `start` and `create` (whose
+process, forked, is also the container's shim: without click it is smaller). Importing click and
 building the command group costs ≈25 ms here, more than the interpreter's
 own start (≈10 ms). So `main` recognizes exactly the command lines these verbs
 take — runc's global flags, then the verb and its own arguments — and runs
@@ -67,6 +68,8 @@ def parse(argv: list[str]) -> Call | None:
             call.args = rest
         case "list":
             ok = _list_options(rest, call.options)
+        case "create":
+            ok = _create_options(rest, call)
         case "kill":
             call.options["all"] = False
             for arg in rest:
@@ -109,6 +112,38 @@ def _list_options(rest: list[str], options: dict[str, Any]) -> bool:
     return True
 
 
+_CREATE_VALUED = {"-b": "bundle", "--bundle": "bundle", "--pid-file": "pid_file",
+                  "--console-socket": "console_socket", "--preserve-fds": "preserve_fds"}
+_CREATE_FLAGS = {"--no-pivot": "no_pivot", "--no-new-keyring": "no_new_keyring"}
+
+
+def _create_options(rest: list[str], call: Call) -> bool:
+    """create's options, as cli/create.py declares them; one container id."""
+    options = call.options
+    options.update(bundle=".", pid_file=None, console_socket=None, no_pivot=False,
+                   no_new_keyring=False)
+    i = 0
+    while i < len(rest):
+        arg = rest[i]
+        name, eq, value = arg.partition("=")
+        if _positional(arg):
+            call.args.append(arg)
+        elif arg in _CREATE_VALUED:  # the value is the next argument
+            if i + 1 >= len(rest) or rest[i + 1].startswith("-"):
+                return False
+            i += 1
+            options[_CREATE_VALUED[arg]] = rest[i]
+        elif eq and name.startswith("--") and name in _CREATE_VALUED:  # --name=value
+            options[_CREATE_VALUED[name]] = value
+        elif arg in _CREATE_FLAGS:
+            options[_CREATE_FLAGS[arg]] = True
+        else:
+            return False
+        i += 1
+    fds = options.pop("preserve_fds", "0")
+    return len(call.args) == 1 and str(fds).isdigit()
+
+
 def main(argv: list[str] | None = None) -> Any:
     call = parse(sys.argv[1:] if argv is None else argv)
     if call is None:
@@ -140,6 +175,7 @@ def run(call: Call) -> None:
 
 
 def _run(call: Call, logger: Any) -> None:
+    from vmrt.errors import VmrtError
     from vmrt.paths import Root
     from vmrt.runtime.context import Context
 
@@ -163,6 +199,17 @@ def _run(call: Call, logger: Any) -> None:
             from vmrt.runtime.start import start
 
             start(ctx, call.args[0])
+        case "create":
+            from vmrt.runtime.create import CreateOptions, create
+
+            o = call.options
+            try:
+                create(ctx, CreateOptions(call.args[0], o["bundle"], o["pid_file"],
+                                          o["console_socket"], o["no_pivot"],
+                                          o["no_new_keyring"]))
+            except VmrtError as exc:  # as vmrt.cli.failed("create")
+                exc.args = (f"vmrt create failed: {exc}",)
+                raise
         case "kill":
             from vmrt.runtime.kill import kill, parse_signal
 

@@ -67,6 +67,13 @@ ARGVS = [
     ["kill", "alpha", "NOSUCHSIG"],
     ["--version"],
     ["-v"],
+    # create, up to where it would boot a VM: errors only
+    ["create", "--bundle", "/nonexistent", "c1"],
+    ["create", "-b", "/nonexistent", "--pid-file", "/tmp/p", "c1"],
+    ["create", "--bundle=/nonexistent", "--no-pivot", "--no-new-keyring", "c1"],
+    ["create", "c1", "--console-socket", "/nonexistent.sock", "--preserve-fds", "0"],
+    ["create", "--bundle", "/nonexistent", "alpha"],  # the id is taken
+    ["create", "--bundle", "/nonexistent", "a/b"],
 ]
 
 
@@ -89,8 +96,10 @@ def test_empty_list_matches_click(tmp_path: Path) -> None:
     [], ["--help"], ["state"], ["state", "a", "b"], ["state", "--help"], ["state", "-x", "a"],
     ["list", "-f", "yaml"], ["list", "--bogus"], ["kill"], ["kill", "a", "b", "c"],
     ["kill", "a", "-9"], ["start", "a", "b"], ["--root"], ["--bogus", "state", "a"],
-    ["--log-format", "xml", "state", "a"], ["--root", "--debug", "state", "a"], ["create", "a"],
-    ["delete", "a"], ["--", "state", "a"],
+    ["--log-format", "xml", "state", "a"], ["--root", "--debug", "state", "a"],
+    ["delete", "a"], ["--", "state", "a"], ["create"], ["create", "a", "b"], ["create", "-bx", "a"],
+    ["create", "--bundle", "a"], ["create", "--preserve-fds", "x", "a"], ["create", "--help"],
+    ["create", "--pid-file", "--no-pivot", "a"], ["create", "--detach", "a"],
 ], ids=lambda a: " ".join(a) or "(none)")
 def test_everything_else_goes_to_click(argv: list[str]) -> None:
     assert parse(argv) is None

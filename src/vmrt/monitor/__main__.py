@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 
 from vmrt import config
 from vmrt.monitor.adopt import Adoption
-from vmrt.monitor.main import MonitorArgs, run
 from vmrt.paths import Root
 
 
@@ -16,12 +16,28 @@ def main() -> int:
     # so in its own error path; the monitor only needs the values.
     spec = json.loads(sys.argv[1])
     cfg = config.load(spec.get("config_path"))
+    root = Root.at(spec["root"])
+    adopt = Adoption.from_json(spec["adopt"]) if spec.get("adopt") else None
+    launched = None
+    if adopt is None:
+        # QEMU first: it boots while this process imports asyncio, QMP and the monitor.
+        # A failure here is left to Monitor.boot, which launches again and reports it.
+        from vmrt.monitor.launch import launch
+
+        sbdir = root.sandbox(spec["sandbox_id"])
+        with contextlib.suppress(Exception):
+            launched = launch(cfg, name=spec["sandbox_id"], kernel=spec["kernel"],
+                              initrd=spec["initrd"],
+                              kernel_cmdline=tuple(spec["kernel_cmdline"]),
+                              root_image=spec["root_image"], accel=spec["accel"],
+                              console_log=sbdir.console_log, qemu_log=sbdir.qemu_log)
+    from vmrt.monitor.main import MonitorArgs, run
+
     args = MonitorArgs(
-        root=Root.at(spec["root"]), sandbox_id=spec["sandbox_id"], name=spec["name"],
+        root=root, sandbox_id=spec["sandbox_id"], name=spec["name"],
         kernel=spec["kernel"], initrd=spec["initrd"],
         kernel_cmdline=tuple(spec["kernel_cmdline"]), root_image=spec["root_image"],
-        accel=spec["accel"], config=cfg,
-        adopt=Adoption.from_json(spec["adopt"]) if spec.get("adopt") else None)
+        accel=spec["accel"], config=cfg, adopt=adopt, launched=launched)
     return run(args, int(spec["ready_fd"]))
 
 

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import json
 import os
-import secrets
 import signal
 from dataclasses import dataclass, replace
 from typing import Any
@@ -21,10 +20,11 @@ from typing import Any
 from vmrt import log, protocol
 from vmrt.config import Config
 from vmrt.errors import MonitorError, SandboxError, VMLaunchError, VmrtError
-from vmrt.monitor import debugging, ratelimit, shares, vmspec
+from vmrt.monitor import debugging, launch, ratelimit, shares
 from vmrt.monitor.adopt import AdoptedQemu, Adoption
 from vmrt.monitor.agent_link import AgentLink
 from vmrt.monitor.channels import ProcessChannel
+from vmrt.monitor.launch import Launched
 from vmrt.monitor.network import PodNetwork
 from vmrt.monitor.sizing import VMSizer
 from vmrt.paths import Root, SandboxDir
@@ -33,7 +33,7 @@ from vmrt.state.model import Device, ProcessRef
 from vmrt.state.store import Store
 from vmrt.util.proc import start_time
 from vmrt.util.sockets import bind_unix
-from vmrt.vm import cmdline, qemu
+from vmrt.vm import qemu
 from vmrt.vm.qmp import QMP
 
 #: How long a container whose virtiofsd died gets to exit before its VM is stopped.
@@ -53,6 +53,8 @@ class MonitorArgs:
     config: Config
     #: A warm pool VM handed over by `monitor.pooled` (which exec'd this monitor).
     adopt: Adoption | None = None
+    #: QEMU launched by __main__ before the monitor's imports; None: boot() launches it.
+    launched: Launched | None = None
 
 
 @dataclass
@@ -96,22 +98,15 @@ class Monitor:
         if self.args.adopt is not None:
             await self._adopt(self.args.adopt)
             return
-        (qmp_host, qmp_vm), (agent_host, agent_vm) = qemu.socket_pairs()
-        nonce = secrets.token_hex(16)
-        vm = vmspec.pod_vm(
-            self.cfg, name=self.args.sandbox_id, kernel=self.args.kernel, initrd=self.args.initrd,
-            kernel_cmdline=self.args.kernel_cmdline, root_image=self.args.root_image,
-            accel=self.args.accel, nonce=nonce, qmp_fd=qmp_vm.fileno(), agent_fd=agent_vm.fileno(),
-            console_log=str(self.sbdir.console_log), max_vcpus=self.sizer.limits.max_vcpus,
-            max_memory_mib=self.sizer.limits.max_mib)
-        argv = cmdline.build(vm)
-        self.log.info("launching qemu", argv=argv)
-        # QEMU would create the console log 0644 (its umask): the guest's output is ours.
-        os.close(os.open(self.sbdir.console_log, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
-        self.qemu = qemu.launch(argv, qemu_fds=[qmp_vm.fileno(), agent_vm.fileno()],
-                                log=self.sbdir.qemu_log)
-        qmp_vm.close()
-        agent_vm.close()
+        # Usually launched already, by __main__ before it imported this module.
+        launched = self.args.launched or launch.launch(
+            self.cfg, name=self.args.sandbox_id, kernel=self.args.kernel,
+            initrd=self.args.initrd, kernel_cmdline=self.args.kernel_cmdline,
+            root_image=self.args.root_image, accel=self.args.accel,
+            console_log=self.sbdir.console_log, qemu_log=self.sbdir.qemu_log)
+        self.log.info("launching qemu", argv=launched.argv)
+        qmp_host, agent_host, nonce = launched.qmp, launched.agent, launched.nonce
+        self.qemu = launched.qemu
         self._watch_qemu(self.qemu.pid)
         self.agent = AgentLink(agent_host, self._on_agent_event, self._on_agent_close)
         await self.agent.start()

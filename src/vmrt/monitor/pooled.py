@@ -24,7 +24,6 @@ import array
 import contextlib
 import json
 import os
-import secrets
 import select
 import signal
 import socket
@@ -35,13 +34,12 @@ from typing import Any
 from vmrt import config, protocol
 from vmrt.errors import VmrtError
 from vmrt.ids import validate_id
-from vmrt.monitor import vmspec
 from vmrt.monitor.adopt import Adoption
+from vmrt.monitor.launch import launch
 from vmrt.paths import PoolVMDir, Root
 from vmrt.state.store import write_json
 from vmrt.util.proc import start_time
 from vmrt.util.sockets import bind_unix
-from vmrt.vm import cmdline, qemu
 
 #: A claimer must send its whole request within this long of connecting.
 REQUEST_TIMEOUT_S = 5.0
@@ -77,25 +75,15 @@ class PoolVM:
     # --- boot ----------------------------------------------------------------------
 
     def boot(self) -> None:
-        from vmrt.monitor.sizing import bounds
-
-        (self.qmp, qmp_vm), (self.agent, agent_vm) = qemu.socket_pairs()
-        nonce = secrets.token_hex(16)
-        limits = bounds(self.cfg)
         sbdir = self.dir.vm
-        vm = vmspec.pod_vm(
+        launched = launch(
             self.cfg, name=f"pool-{self.vm_id}", kernel=self.spec["kernel"],
             initrd=self.spec["initrd"], kernel_cmdline=tuple(self.spec["kernel_cmdline"]),
-            root_image=self.spec["root_image"], accel=self.spec["accel"], nonce=nonce,
-            qmp_fd=qmp_vm.fileno(), agent_fd=agent_vm.fileno(), console_log=str(sbdir.console_log),
-            max_vcpus=limits.max_vcpus, max_memory_mib=limits.max_mib)
-        argv = cmdline.build(vm)
-        _log("info", "launching qemu", pool_vm=self.vm_id, argv=argv)
-        os.close(os.open(sbdir.console_log, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
-        self.qemu = qemu.launch(argv, qemu_fds=[qmp_vm.fileno(), agent_vm.fileno()],
-                                log=sbdir.qemu_log)
-        qmp_vm.close()
-        agent_vm.close()
+            root_image=self.spec["root_image"], accel=self.spec["accel"],
+            console_log=sbdir.console_log, qemu_log=sbdir.qemu_log)
+        _log("info", "launching qemu", pool_vm=self.vm_id, argv=launched.argv)
+        self.qemu, self.qmp, self.agent = launched.qemu, launched.qmp, launched.agent
+        nonce = launched.nonce
         self.pidfd = os.pidfd_open(self.qemu.pid)
         self.listener = bind_unix(sbdir.monitor_sock)
         self.sock_ino = os.stat(sbdir.monitor_sock).st_ino

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
@@ -34,10 +33,15 @@ from vmrt import protocol
 from vmrt.config import Config
 from vmrt.errors import MonitorError, SandboxError, VmrtError
 from vmrt.log import Logger
+from vmrt.monitor import vmspec
 from vmrt.monitor.agent_link import AgentLink
 from vmrt.state.store import Store
 from vmrt.vm.cmdline import HOTPLUG_MEMORY_BLOCK_MIB, HOTPLUG_MEMORY_PATH
 from vmrt.vm.qmp import QMP
+
+#: The bounds live in vmspec (QEMU's argv needs them before asyncio is imported).
+Bounds = vmspec.Bounds
+bounds = vmspec.bounds
 
 #: How long the guest gets to plug memory asked for (TCG is slow at zeroing pages).
 PLUG_TIMEOUT_S = 30.0
@@ -51,34 +55,6 @@ class Demand:
 
     cpus: float = 0.0
     memory_mib: int = 0
-
-
-@dataclass(frozen=True)
-class Bounds:
-    base_vcpus: int
-    max_vcpus: int
-    base_mib: int
-    max_mib: int
-
-    @property
-    def hotplug_mib(self) -> int:
-        """Must agree with `vm.cmdline.hotplug_memory_mib`: whole 128 MiB blocks."""
-        return max(0, self.max_mib - self.base_mib) // 128 * 128
-
-
-def _host_memory_mib() -> int:
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // (1 << 20)
-    except (ValueError, OSError):
-        return 0
-
-
-def bounds(cfg: Config) -> Bounds:
-    """The configured bounds, 0 meaning the host's (Kata's default_maxvcpus/maxmemory)."""
-    max_vcpus = cfg.max_vcpus or os.cpu_count() or 1
-    max_mib = cfg.max_memory_mib or _host_memory_mib()
-    return Bounds(cfg.vcpus, max(cfg.vcpus, max_vcpus), cfg.memory_mib,
-                  max(cfg.memory_mib, max_mib))
 
 
 def target(limits: Bounds, demands: Iterable[Demand]) -> tuple[int, int]:

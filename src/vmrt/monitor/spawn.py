@@ -64,6 +64,12 @@ def spawn(root: Root, sandbox_id: str, *, name: str, kernel: str, initrd: str,
         os.close(rfd)
 
 
+def read_ready(fd: int, timeout: float) -> dict[str, Any]:
+    """The monitor's one "ready" line on `fd` (also a warm pool VM's, on the claimer's
+    connection: runtime/pool.py)."""
+    return _read_ready(fd, timeout)
+
+
 def _read_ready(fd: int, timeout: float) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     buf = b""

@@ -9,9 +9,41 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+from dataclasses import dataclass
 
 from vmrt.config import Config
 from vmrt.vm import cmdline
+
+
+@dataclass(frozen=True)
+class Bounds:
+    base_vcpus: int
+    max_vcpus: int
+    base_mib: int
+    max_mib: int
+
+    @property
+    def hotplug_mib(self) -> int:
+        """Must agree with `vm.cmdline.hotplug_memory_mib`: whole 128 MiB blocks."""
+        return max(0, self.max_mib - self.base_mib) // 128 * 128
+
+
+def _host_memory_mib() -> int:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // (1 << 20)
+    except (ValueError, OSError):
+        return 0
+
+
+def bounds(cfg: Config) -> Bounds:
+    """The configured bounds of hot-plug, 0 meaning the host's (Kata's
+    default_maxvcpus/maxmemory). Here rather than in `sizing.py` (which re-exports it):
+    QEMU's argv needs it before the monitor imports asyncio."""
+    max_vcpus = cfg.max_vcpus or os.cpu_count() or 1
+    max_mib = cfg.max_memory_mib or _host_memory_mib()
+    return Bounds(cfg.vcpus, max(cfg.vcpus, max_vcpus), cfg.memory_mib,
+                  max(cfg.memory_mib, max_mib))
 
 
 def pod_vm(cfg: Config, *, name: str, kernel: str, initrd: str, kernel_cmdline: tuple[str, ...],

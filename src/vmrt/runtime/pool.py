@@ -169,7 +169,7 @@ def claim(ctx: Context, sandbox_id: str) -> Claimed | None:
 def adopt(ctx: Context, claimed: Claimed, state: SandboxState) -> bool:
     """Make the claimed VM the sandbox's (its monitor execs as the sandbox monitor) and
     record it; False if it failed, after killing it and clearing the directory of it."""
-    from vmrt.monitor.spawn import _read_ready
+    from vmrt.monitor.spawn import read_ready
     from vmrt.network import netns
     from vmrt.runtime import sandbox as sandboxes
     from vmrt.util.sockets import connect_unix
@@ -184,7 +184,7 @@ def adopt(ctx: Context, claimed: Claimed, state: SandboxState) -> bool:
             fds = [netns_fd] if netns_fd is not None else []
             sock.sendmsg([request], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
                                       _fd_array(fds))] if fds else [])
-            ready = _read_ready(sock.fileno(), ctx.config.request_timeout_s)
+            ready = read_ready(sock.fileno(), ctx.config.request_timeout_s)
         if ready.get("monitor") != [claimed.monitor.pid, claimed.monitor.start_time] or \
                 ready.get("qemu") != [claimed.qemu.pid, claimed.qemu.start_time]:
             raise SandboxError("the pool VM's monitor reported other processes than it owns")

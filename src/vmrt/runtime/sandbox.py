@@ -43,7 +43,7 @@ def boot_image(cfg: Config) -> BootImage:
     image = ensure_image(cfg)
     accel = probe(cfg.accel).accel
     cmdline = image.cmdline
-    if accel == "tcg":
+    if accel == "tcg" and not cfg.guest_tickless:
         from vmrt.image.kernel import KERNEL_CMDLINE_TCG
 
         cmdline = (*cmdline, *KERNEL_CMDLINE_TCG)

@@ -12,7 +12,6 @@ its own when QEMU's end of the vhost-user socket closes.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import signal
 from collections.abc import Callable
@@ -29,7 +28,7 @@ def die_with_parent(sig: int = signal.SIGKILL) -> Callable[[], None]:
     of). If the parent died before prctl took effect, the child is already an
     orphan and kills itself rather than run unsupervised.
     """
-    prctl = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).prctl
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # the loaded libc: no `ldconfig -p` run
     parent = os.getpid()
 
     def preexec() -> None:
