@@ -243,3 +243,27 @@ def test_loopback_up_in_a_new_network_namespace() -> None:
     proc = subprocess.run(["unshare", "--net", sys.executable, "-I", "-S", "-c", code,
                            str(AGENT_DIR)], capture_output=True, text=True, check=False)
     assert (proc.returncode, proc.stdout.strip()) == (0, "1"), proc.stderr
+
+
+def test_uevents_wake_a_waiter_when_a_device_appears() -> None:
+    """The cue `shares.mount_virtiofs` waits on: a device added after subscribing is
+    seen (a veth pair in a network namespace of the test's own, which gets its own
+    uevents), and a wait with no device times out with False."""
+    script = f"""
+import asyncio, subprocess, sys
+sys.path.insert(0, {str(AGENT_DIR)!r})
+from vmrt_agent import uevents
+
+async def main():
+    with uevents.Uevents() as events:
+        quiet = await events.wait(0.2)
+        subprocess.run(["ip", "link", "add", "vmrtue0", "type", "veth", "peer", "name",
+                        "vmrtue1"], check=True)
+        seen = await events.wait(5.0)
+    print(quiet, seen)
+
+asyncio.run(main())
+"""
+    out = subprocess.run(["unshare", "--net", sys.executable, "-c", script], check=True,
+                         capture_output=True, text=True, timeout=30).stdout
+    assert out.split() == ["False", "True"]
