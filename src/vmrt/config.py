@@ -7,12 +7,11 @@ has a default that works on a fresh machine, so no file is needed at all.
 from __future__ import annotations
 
 import os
-import tomllib
-from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any
 
 from vmrt.errors import ConfigError
+from vmrt.util.record import field, fields, record, replace
 
 DEFAULT_CONFIG_PATH = "/etc/vmrt/config.toml"
 
@@ -26,7 +25,7 @@ def default_cache_dir() -> Path:
     return Path(platformdirs.user_cache_dir("vmrt"))
 
 
-@dataclass(frozen=True)
+@record
 class Config:
     qemu: str = "/usr/bin/qemu-system-x86_64"
     virtiofsd: str = "/usr/lib/qemu/virtiofsd"
@@ -61,7 +60,9 @@ class Config:
         return Path(self.cache_dir) if self.cache_dir else default_cache_dir()
 
 
-_TYPES: dict[str, type] = {k: v for k, v in get_type_hints(Config).items() if k != "source"}
+#: Each key's type is its default's (every key has one): no typing.get_type_hints on the
+#: CLI's path.
+_TYPES: dict[str, type] = {f.name: type(f.default) for f in fields(Config) if f.name != "source"}
 
 
 def load(path: str | None = None) -> Config:
@@ -69,10 +70,16 @@ def load(path: str | None = None) -> Config:
     path = path or os.environ.get("VMRT_CONFIG") or DEFAULT_CONFIG_PATH
     cfg = Config(source={f.name: "default" for f in fields(Config) if f.name != "source"})
     try:
-        with open(path, "rb") as f:
-            data: dict[str, Any] = tomllib.load(f)
+        f = open(path, "rb")  # noqa: SIM115 (closed below; tomllib only when there is a file)
     except FileNotFoundError:
         return cfg
+    except OSError as exc:
+        raise ConfigError(f"config {path}: {exc}") from exc
+    import tomllib
+
+    try:
+        with f:
+            data: dict[str, Any] = tomllib.load(f)
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"config {path}: {exc}") from exc
     changes: dict[str, Any] = {}

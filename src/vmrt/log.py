@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import dataclass, field
 
 
 def _now() -> str:
@@ -19,12 +18,16 @@ def _now() -> str:
     return datetime.datetime.now(datetime.UTC).astimezone().isoformat(timespec="seconds")
 
 
-@dataclass
 class Logger:
-    path: str | None = None
-    fmt: str = "text"
-    debug_enabled: bool = False
-    context: dict[str, str] = field(default_factory=dict)
+    """Where log lines go; `context` fields are added to every line (the container's id).
+    A plain class: `dataclasses` is not imported on the CLI's path (util/record.py)."""
+
+    def __init__(self, path: str | None = None, fmt: str = "text", debug_enabled: bool = False,
+                 context: dict[str, str] | None = None) -> None:
+        self.path = path
+        self.fmt = fmt
+        self.debug_enabled = debug_enabled
+        self.context: dict[str, str] = dict(context or {})
 
     def _write(self, level: str, msg: str, **fields: object) -> None:
         if self.path is None:

@@ -12,11 +12,11 @@ import enum
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from vmrt.errors import ConfigError
+from vmrt.util.record import record
 
 
 class Role(enum.Enum):
@@ -25,7 +25,7 @@ class Role(enum.Enum):
     STANDALONE = "standalone"  # no pod annotations: a VM of its own, which others may join
 
 
-@dataclass(frozen=True)
+@record
 class Pod:
     role: Role
     sandbox: str | None = None  # the pod a CONTAINER joins (id or name)
@@ -33,7 +33,7 @@ class Pod:
     dialect: str = "none"
 
 
-@dataclass(frozen=True)
+@record
 class Mount:
     destination: str
     type: str
@@ -45,7 +45,7 @@ class Mount:
         return self.type in ("bind", "rbind") or "bind" in self.options or "rbind" in self.options
 
 
-@dataclass(frozen=True)
+@record
 class Spec:
     bundle: Path
     raw: Mapping[str, Any]

@@ -23,13 +23,14 @@ sandbox names: its processes belong to <root>/pool/<vm>, not to any sandbox.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
+
+from vmrt.util.record import record
 
 DEFAULT_ROOT = "/run/vmrt"
 
 
-@dataclass(frozen=True)
+@record
 class ContainerDir:
     path: Path
 
@@ -38,7 +39,7 @@ class ContainerDir:
         return self.path / "state.json"
 
 
-@dataclass(frozen=True)
+@record
 class SandboxDir:
     path: Path
 
@@ -81,7 +82,7 @@ class SandboxDir:
         return self.path / "shares" / f"{container_id}.vfs.sock"
 
 
-@dataclass(frozen=True)
+@record
 class PoolVMDir:
     """A warm VM's directory; once claimed, the same directory is a SandboxDir."""
 
@@ -100,7 +101,7 @@ class PoolVMDir:
         return self.path / "ready.json"
 
 
-@dataclass(frozen=True)
+@record
 class Root:
     path: Path
 

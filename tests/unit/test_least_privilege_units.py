@@ -14,13 +14,13 @@ from __future__ import annotations
 import ast
 import re
 import tomllib
-from dataclasses import fields, replace
 from pathlib import Path
 
 import pytest
 
 from vmrt.config import Config
 from vmrt.monitor.shares import fuse_opt
+from vmrt.util.record import fields, replace
 from vmrt.vm import cmdline
 
 REPO = Path(__file__).resolve().parents[2]

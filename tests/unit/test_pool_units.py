@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ from vmrt.paths import Root
 from vmrt.runtime import pool
 from vmrt.runtime.context import Context
 from vmrt.util.proc import start_time
+from vmrt.util.record import replace
 from vmrt.util.rename import rename_noreplace
 from vmrt.vm import cmdline
 

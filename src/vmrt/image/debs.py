@@ -17,10 +17,12 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import unquote
+
+from vmrt.util.record import asdict
 
 APT_LISTS: Final = Path("/var/lib/apt/lists")
 APT_CONFIG_FILES: Final = (

@@ -14,7 +14,7 @@ import contextlib
 import json
 import os
 import signal
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from vmrt import log, protocol
@@ -32,6 +32,7 @@ from vmrt.protocol import ExitStatus, FrameType
 from vmrt.state.model import Device, ProcessRef
 from vmrt.state.store import Store
 from vmrt.util.proc import start_time
+from vmrt.util.record import replace
 from vmrt.util.sockets import bind_unix
 from vmrt.vm import qemu
 from vmrt.vm.qmp import QMP

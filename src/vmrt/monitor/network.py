@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from vmrt.errors import MonitorError, SandboxError, VmrtError
@@ -31,6 +31,7 @@ from vmrt.network.netns import TAP_PREFIX
 from vmrt.network.scan import Interface
 from vmrt.state.model import Device, NetworkRef, SandboxState
 from vmrt.state.store import Store
+from vmrt.util.record import replace
 from vmrt.vm.cmdline import root_port_id
 from vmrt.vm.qmp import QMP
 

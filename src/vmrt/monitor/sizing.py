@@ -26,7 +26,7 @@ import asyncio
 import math
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from vmrt import protocol
@@ -36,6 +36,7 @@ from vmrt.log import Logger
 from vmrt.monitor import vmspec
 from vmrt.monitor.agent_link import AgentLink
 from vmrt.state.store import Store
+from vmrt.util.record import replace
 from vmrt.vm.cmdline import HOTPLUG_MEMORY_BLOCK_MIB, HOTPLUG_MEMORY_PATH
 from vmrt.vm.qmp import QMP
 

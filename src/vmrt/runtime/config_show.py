@@ -9,11 +9,12 @@ carries its source ("default" or the file's path).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 from vmrt.config import DEFAULT_CONFIG_PATH, Config
 from vmrt.runtime.context import Context
+from vmrt.util.record import fields
 
 
 @dataclass(frozen=True)

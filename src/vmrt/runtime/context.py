@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 
 from vmrt.paths import Root
 from vmrt.state.store import Store
+from vmrt.util.record import record
 
 TYPE_CHECKING = False  # typing is not imported at run time: `vmrt state` pays for every import
 if TYPE_CHECKING:  # nor is the configuration read: tomllib stays unimported
     from vmrt.config import Config
 
 
-@dataclass(frozen=True)
+@record
 class Context:
     root: Root
     config_path: str | None = None

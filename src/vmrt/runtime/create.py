@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from dataclasses import dataclass, replace
 from pathlib import Path
 
 from vmrt import ids, network, oci
@@ -22,9 +21,10 @@ from vmrt.runtime.context import Context
 from vmrt.state.model import ContainerState, ProcessRef, Status
 from vmrt.state.store import atomic_write
 from vmrt.util.proc import kill_quietly, start_time
+from vmrt.util.record import record, replace
 
 
-@dataclass(frozen=True)
+@record
 class CreateOptions:
     id: str
     bundle: str

@@ -77,9 +77,10 @@ class VMInfo:
     network: str = ""  # "joined <netns path>", "new", "host", or "" before it is known
 
     def to_json(self) -> dict[str, Any]:
-        from dataclasses import asdict
+        from vmrt.util.record import asdict
 
-        return asdict(self)
+        data: dict[str, Any] = asdict(self)
+        return data
 
 
 def vm_status(monitor: ProcessInfo | None, qemu: ProcessInfo | None) -> str:

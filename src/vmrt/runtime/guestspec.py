@@ -10,21 +10,21 @@ from __future__ import annotations
 
 import copy
 import os
-from dataclasses import dataclass
 from typing import Any
 
 from vmrt.oci import Role, Spec
+from vmrt.util.record import record
 
 GUEST_SHARES = "/run/vmrt/shares"
 
 
-@dataclass(frozen=True)
+@record
 class GuestBind:
     name: str  # entry in the share's staging dir
     source: str  # host path
 
 
-@dataclass(frozen=True)
+@record
 class GuestSpec:
     spec: dict[str, Any]
     binds: tuple[GuestBind, ...]

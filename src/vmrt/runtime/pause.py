@@ -6,13 +6,12 @@ As runc, a created container may be paused too (its init waits frozen), and
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from vmrt.errors import CONTAINER_NOT_RUNNING, StateTransitionError
 from vmrt.runtime import sandbox as sandboxes
 from vmrt.runtime.context import Context
 from vmrt.state import status
 from vmrt.state.model import Status
+from vmrt.util.record import replace
 
 
 def pause(ctx: Context, container_id: str) -> None:

@@ -19,7 +19,6 @@ import contextlib
 import fcntl
 import os
 import time
-from dataclasses import replace
 
 from vmrt import ids, network
 from vmrt.errors import NotFoundError, SandboxError
@@ -28,6 +27,7 @@ from vmrt.runtime import pool
 from vmrt.runtime import sandbox as sandboxes
 from vmrt.runtime.context import Context
 from vmrt.state.model import NetworkRef, SandboxState
+from vmrt.util.record import replace
 
 JOIN_WAIT_S = 60.0
 

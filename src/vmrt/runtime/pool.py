@@ -40,7 +40,6 @@ import socket
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,12 +52,13 @@ from vmrt.runtime.sandbox import BootImage
 from vmrt.state.model import ProcessRef, SandboxState
 from vmrt.state.store import read_json, write_json
 from vmrt.util.proc import close_fds_except, start_time
+from vmrt.util.record import record
 
 #: How long a drained VM's monitor gets to stop QEMU after SIGTERM before SIGKILL.
 STOP_GRACE_S = 5.0
 
 
-@dataclass(frozen=True)
+@record
 class PoolEntry:
     vm_id: str
     dir: PoolVMDir
@@ -78,7 +78,7 @@ class PoolEntry:
                 "qemu": self.qemu.pid if self.qemu else 0, "fingerprint": self.fingerprint}
 
 
-@dataclass(frozen=True)
+@record
 class Claimed:
     """A pool VM renamed into a sandbox's directory, not yet told so."""
 

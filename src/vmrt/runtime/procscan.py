@@ -18,16 +18,16 @@ import json
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from vmrt.paths import DEFAULT_ROOT
 from vmrt.state.model import ProcessRef
+from vmrt.util.record import record
 
 SHIM_COMM = "vmrt-shim"
 
 
-@dataclass(frozen=True)
+@record
 class VmrtProcess:
     kind: str  # "monitor" | "qemu" | "virtiofsd" | "shim"
     pid: int

@@ -13,16 +13,16 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
 from typing import Any
 
 from vmrt.errors import InvalidArgumentError
+from vmrt.util.record import fields, record
 
 _INT64 = (-(2**63), 2**63 - 1)
 _UINT64 = (0, 2**64 - 1)
 
 
-@dataclass(frozen=True)
+@record
 class Resources:
     memory_limit: int | None = None
     memory_reservation: int | None = None

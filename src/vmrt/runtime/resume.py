@@ -7,13 +7,12 @@ same way, from its init process).
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from vmrt.errors import CONTAINER_NOT_PAUSED, StateTransitionError
 from vmrt.runtime import sandbox as sandboxes
 from vmrt.runtime.context import Context
 from vmrt.state import status
 from vmrt.state.model import Status
+from vmrt.util.record import replace
 
 
 def resume(ctx: Context, container_id: str) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import signal
 import time
-from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from vmrt.errors import MonitorError, NotFoundError, VmrtError
@@ -16,6 +15,7 @@ from vmrt.runtime import procscan
 from vmrt.runtime.context import Context
 from vmrt.state.model import ProcessRef, SandboxState
 from vmrt.util.proc import kill_quietly
+from vmrt.util.record import record, replace
 
 if TYPE_CHECKING:  # `start` and `kill` read no configuration
     from vmrt.config import Config
@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # `start` and `kill` read no configuration
 SHUTDOWN_GRACE_S = 5.0
 
 
-@dataclass(frozen=True)
+@record
 class BootImage:
     """What a pod VM boots, resolved once by the CLI (the monitor is only given values)."""
 

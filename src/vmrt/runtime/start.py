@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from vmrt import network
 from vmrt.runtime import sandbox as sandboxes
 from vmrt.runtime.context import Context
 from vmrt.state import status
 from vmrt.state.model import Status
+from vmrt.util.record import replace
 
 
 def start(ctx: Context, container_id: str) -> None:

@@ -23,13 +23,13 @@ import socket
 import struct
 import termios
 import tty
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from vmrt import protocol
 from vmrt.protocol import ExitStatus, FrameType
 from vmrt.util.proc import close_fds_except
+from vmrt.util.record import record
 from vmrt.util.sockets import connect_unix
 
 #: Signals relayed to the container, as runc relays them (not SIGCHLD, SIGURG, SIGWINCH).
@@ -41,7 +41,7 @@ FORWARDED = tuple(
 EXIT_MONITOR_LOST = 255
 
 
-@dataclass(frozen=True)
+@record
 class ShimSpec:
     container_id: str
     channel: int

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import asdict, dataclass, field, fields
 
 from vmrt.errors import VmrtError
+from vmrt.util.record import asdict, field, fields, record
 
 TYPE_CHECKING = False  # typing is not imported at run time: `vmrt state` pays for every import
 if TYPE_CHECKING:
@@ -22,7 +22,7 @@ class Status(enum.Enum):
     STOPPED = "stopped"
 
 
-@dataclass(frozen=True)
+@record
 class ProcessRef:
     """A host process named by pid *and* start time, so a recycled pid never passes for it."""
 
@@ -35,7 +35,7 @@ class ProcessRef:
         return self.pid > 0 and start_time(self.pid) == self.start_time
 
 
-@dataclass(frozen=True)
+@record
 class ContainerState:
     id: str
     bundle: str
@@ -50,7 +50,7 @@ class ContainerState:
     schema: int = SCHEMA_VERSION
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
+        data: dict[str, Any] = asdict(self)
         data["status"] = self.status.value
         return data
 
@@ -66,7 +66,7 @@ class ContainerState:
         return cls(**values)
 
 
-@dataclass(frozen=True)
+@record
 class Device:
     """A device the monitor hot-plugged, with what it takes to unplug it."""
 
@@ -77,7 +77,7 @@ class Device:
     helper: ProcessRef | None = None  # virtiofsd
 
 
-@dataclass(frozen=True)
+@record
 class NetworkRef:
     """The pod's network namespace, and which of its interfaces the VM carries.
 
@@ -93,7 +93,7 @@ class NetworkRef:
     links: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
+@record
 class SandboxState:
     id: str
     name: str
@@ -112,7 +112,8 @@ class SandboxState:
     schema: int = SCHEMA_VERSION
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        data: dict[str, Any] = asdict(self)
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> SandboxState:
