@@ -37,6 +37,7 @@ class Config:
     max_vcpus: int = 0
     max_memory_mib: int = 0
     hotplug_slots: int = 16
+    #: TCG's translation cache: 32 saves ≈34 MiB per VM and costs ≈0.2 s of boot (docs).
     tb_size_mib: int = 64
     #: qboot: a minimal firmware that boots the kernel ≈0.3 s sooner than SeaBIOS under TCG.
     firmware: str = "qboot.rom"
