@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -140,3 +141,16 @@ def test_refill_takes_out_dead_stale_and_extra_vms_first(
     assert len(stopped) == 3  # the one without pool.json names no process
     assert [e.vm_id for e in pool.entries(ctx.root)] == ["pool-a"]
     assert sorted(p.name for p in ctx.root.pool.iterdir()) == [".lock", "pool-a"]
+
+
+def test_a_drain_cancels_the_refills_asked_for_before_it(
+        ctx: Context, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A create's refill runs a second later (REFILL_DELAY_S): one that was on its way
+    when the pool was drained must not bring the pool back; one asked for after the
+    drain refills."""
+    spawned: list[str] = []
+    monkeypatch.setattr(pool, "_spawn", lambda _ctx: spawned.append("vm") or "vm")
+    asked = time.time_ns()
+    assert pool.drain(ctx) == 0
+    assert pool.refill(ctx, requested_ns=asked) == [] and spawned == []
+    assert pool.refill(ctx, requested_ns=time.time_ns()) == ["vm"]

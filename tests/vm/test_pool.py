@@ -126,7 +126,8 @@ def test_a_create_is_served_by_the_pool_vm_and_the_pool_refills(
     pool.ok("pool", "drain")
     assert pool.ls() == []
     assert not _alive(refill["qemu"], _start_time_or(refill["qemu"]))
-    assert [p.name for p in (pool.rt.root / "pool").iterdir() if p.name != ".lock"] == []
+    assert [p.name for p in (pool.rt.root / "pool").iterdir()
+            if p.name not in (".lock", ".drained")] == []
 
 
 def _start_time_or(pid: int) -> int:
