@@ -32,8 +32,7 @@ def floor_argv(config_path: Path | None, console_log: Path, qmp_fd: int,
 
     sys.path.insert(0, str(REPO / "src"))
     from vmrt.config import load
-    from vmrt.monitor.sizing import bounds
-    from vmrt.monitor.vmspec import pod_vm
+    from vmrt.monitor.vmspec import bounds, pod_vm
     from vmrt.runtime.sandbox import boot_image
     from vmrt.vm import cmdline
 

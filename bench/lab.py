@@ -98,6 +98,8 @@ class Lab:
                     subprocess.run([RUNC, "--root", str(runc_root), "delete", "-f", cid],
                                    capture_output=True, timeout=30, check=False)
         killed = kill_mentioning(str(self.dir))
+        from vmrt.util.mount import mounts_under
+
         for mnt in sorted(mounts_under(self.dir), key=len, reverse=True):
             subprocess.run(["umount", "--lazy", mnt], capture_output=True, check=False)
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -246,11 +248,3 @@ def kill_mentioning(marker: str) -> list[str]:
     return killed
 
 
-def mounts_under(path: Path) -> list[str]:
-    base = str(path).rstrip("/") + "/"
-    try:
-        with open("/proc/self/mountinfo") as f:
-            points = [line.split()[4].replace("\\040", " ") for line in f]
-    except OSError:
-        return []
-    return [p for p in points if (p + "/").startswith(base)]

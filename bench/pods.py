@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from lab import RUNC, SANDBOX, CallError, Lab, Root, member_of, run
@@ -26,18 +27,27 @@ def pod_bundle(lab: Lab) -> Path:
     return lab.bundle(READY, SANDBOX)
 
 
-def cold_start(lab: Lab, root: Root, runs: int) -> Figure:
-    """`create` + `start` of a sandbox (a new pod VM) until its program runs."""
-    bundle = pod_bundle(lab)
+def _starts(lab: Lab, root: Root, bundle: Path, prefix: str, runs: int, note: str, *,
+            before: Callable[[], None] | None = None) -> Figure:
+    """`runs` samples of `create` + `start` of `bundle` until its program wrote, each
+    container deleted after its sample (`before` runs ahead of each, off the clock)."""
 
     def once() -> float:
-        cid = lab.new_id("cold")
+        if before is not None:
+            before()
+        cid = lab.new_id(prefix)
         try:
             return root.start_until_output(bundle, cid)
         finally:
             root.delete(cid)
 
-    return sampled(once, runs, note="create+start of a sandbox until its program wrote to stdout")
+    return sampled(once, runs, note=note)
+
+
+def cold_start(lab: Lab, root: Root, runs: int) -> Figure:
+    """`create` + `start` of a sandbox (a new pod VM) until its program runs."""
+    return _starts(lab, root, pod_bundle(lab), "cold", runs,
+                   "create+start of a sandbox until its program wrote to stdout")
 
 
 def run_true(lab: Lab, root: Root, runs: int) -> Figure:
@@ -48,16 +58,8 @@ def run_true(lab: Lab, root: Root, runs: int) -> Figure:
 
 def join(lab: Lab, root: Root, pod: str, runs: int) -> Figure:
     """`create` + `start` of a member in a running pod until its program runs."""
-    bundle = lab.bundle(ECHO, member_of(pod))
-
-    def once() -> float:
-        cid = lab.new_id("member")
-        try:
-            return root.start_until_output(bundle, cid)
-        finally:
-            root.delete(cid)
-
-    return sampled(once, runs, note="create+start of a member container until its program wrote")
+    return _starts(lab, root, lab.bundle(ECHO, member_of(pod)), "member", runs,
+                   "create+start of a member container until its program wrote")
 
 
 def host_runc_run(lab: Lab, pod: str, runs: int) -> Figure:
@@ -164,17 +166,9 @@ def pool_start(lab: Lab, root: Root, runs: int) -> Figure:
 
     Before each sample the pool is refilled and its VM has said hello: each start
     claims a booted VM, none waits for a refill."""
-    bundle = pod_bundle(lab)
-
-    def once() -> float:
-        root.call("pool", "fill", "--wait")
-        cid = lab.new_id("warm")
-        try:
-            return root.start_until_output(bundle, cid)
-        finally:
-            root.delete(cid)
-
-    return sampled(once, runs, note="create+start of a sandbox from a full warm pool")
+    return _starts(lab, root, pod_bundle(lab), "warm", runs,
+                   "create+start of a sandbox from a full warm pool",
+                   before=lambda: root.call("pool", "fill", "--wait"))
 
 
 def wait_pool_idle(root: Root, timeout: float = 300.0) -> None:

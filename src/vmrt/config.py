@@ -71,17 +71,13 @@ def load(path: str | None = None) -> Config:
     path = path or os.environ.get("VMRT_CONFIG") or DEFAULT_CONFIG_PATH
     cfg = Config(source={f.name: "default" for f in fields(Config) if f.name != "source"})
     try:
-        f = open(path, "rb")  # noqa: SIM115 (closed below; tomllib only when there is a file)
+        with open(path, "rb") as f:
+            import tomllib  # only when there is a file: most machines have none
+
+            data: dict[str, Any] = tomllib.load(f)
     except FileNotFoundError:
         return cfg
-    except OSError as exc:
-        raise ConfigError(f"config {path}: {exc}") from exc
-    import tomllib
-
-    try:
-        with f:
-            data: dict[str, Any] = tomllib.load(f)
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # tomllib.TOMLDecodeError is a ValueError
         raise ConfigError(f"config {path}: {exc}") from exc
     changes: dict[str, Any] = {}
     for key, value in data.items():

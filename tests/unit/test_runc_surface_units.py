@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from vmrt.errors import ExistsError, InvalidArgumentError, VmrtError
-from vmrt.monitor import sizing
+from vmrt.monitor import sizing, vmspec
 from vmrt.runtime import resources, stats
 from vmrt.runtime.events import parse_interval
 from vmrt.runtime.features import features
@@ -85,7 +85,7 @@ def test_demand() -> None:
 
 # --- the sizing rule -------------------------------------------------------------------------
 
-LIMITS = sizing.Bounds(base_vcpus=1, max_vcpus=4, base_mib=512, max_mib=4608)
+LIMITS = vmspec.Bounds(base_vcpus=1, max_vcpus=4, base_mib=512, max_mib=4608)
 
 
 def test_target_adds_each_containers_limits_to_the_base_and_caps() -> None:
@@ -100,9 +100,9 @@ def test_target_adds_each_containers_limits_to_the_base_and_caps() -> None:
 def test_bounds_default_to_the_hosts() -> None:
     from vmrt.config import Config
 
-    b = sizing.bounds(Config())
+    b = vmspec.bounds(Config())
     assert b.max_vcpus >= 1 and b.max_mib > 512
-    b = sizing.bounds(Config(vcpus=2, memory_mib=1024, max_vcpus=1, max_memory_mib=600))
+    b = vmspec.bounds(Config(vcpus=2, memory_mib=1024, max_vcpus=1, max_memory_mib=600))
     assert (b.max_vcpus, b.max_mib, b.hotplug_mib) == (2, 1024, 0)  # never below the base
 
 

@@ -48,17 +48,17 @@ def _hold_stdio() -> None:
 def launch(cfg: Config, *, name: str, kernel: str, initrd: str, kernel_cmdline: tuple[str, ...],
            root_image: str, accel: str, console_log: Path, qemu_log: Path) -> Launched:
     _hold_stdio()
+    # QEMU would create the console log 0644 (its umask): the guest's output is ours.
+    os.close(os.open(console_log, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
     (qmp_host, qmp_vm), (agent_host, agent_vm) = qemu.socket_pairs()
     nonce = os.urandom(16).hex()
     limits = vmspec.bounds(cfg)
-    argv = cmdline.build(vmspec.pod_vm(
-        cfg, name=name, kernel=kernel, initrd=initrd, kernel_cmdline=kernel_cmdline,
-        root_image=root_image, accel=accel, nonce=nonce, qmp_fd=qmp_vm.fileno(),
-        agent_fd=agent_vm.fileno(), console_log=str(console_log), max_vcpus=limits.max_vcpus,
-        max_memory_mib=limits.max_mib))
-    # QEMU would create the console log 0644 (its umask): the guest's output is ours.
-    os.close(os.open(console_log, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
     try:
+        argv = cmdline.build(vmspec.pod_vm(
+            cfg, name=name, kernel=kernel, initrd=initrd, kernel_cmdline=kernel_cmdline,
+            root_image=root_image, accel=accel, nonce=nonce, qmp_fd=qmp_vm.fileno(),
+            agent_fd=agent_vm.fileno(), console_log=str(console_log),
+            max_vcpus=limits.max_vcpus, max_memory_mib=limits.max_mib))
         proc = qemu.launch(argv, qemu_fds=[qmp_vm.fileno(), agent_vm.fileno()], log=qemu_log)
     except BaseException:
         for sock in (qmp_host, agent_host):

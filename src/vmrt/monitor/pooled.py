@@ -95,44 +95,38 @@ class PoolVM:
         _log("info", "ready", pool_vm=self.vm_id, qemu=self.qemu.pid)
 
     def _wait_hello(self, nonce: str, deadline: float) -> None:
-        decoder = protocol.Decoder()
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise PoolError("the guest agent did not say hello in time")
-            ready, _, _ = select.select([self.agent.fileno(), self.pidfd], [], [], left)
-            if self.pidfd in ready:
-                raise PoolError(f"QEMU exited while booting ({self.qemu.poll()})")
-            if not ready:
-                continue
-            data = self.agent.recv(65536)
-            if not data:
-                raise PoolError("the guest closed the agent port")
-            frames = decoder.feed(data)
-            if not frames:
-                continue
-            hello = frames[0].json() if frames[0].type is protocol.FrameType.EVENT else {}
-            if hello.get("event") != "hello" or hello.get("nonce") != nonce \
-                    or hello.get("version") != protocol.VERSION:
-                raise PoolError("the guest agent's first message is not this VM's hello")
-            if len(frames) > 1 or decoder.pending:
-                # The new monitor could not see them: better no pool VM than a lossy one.
-                raise PoolError("the guest sent more than its hello")
-            return
+        frame = self._one_frame(deadline, "booting", "say hello")
+        hello = frame.json() if frame.type is protocol.FrameType.EVENT else {}
+        if hello.get("event") != "hello" or hello.get("nonce") != nonce \
+                or hello.get("version") != protocol.VERSION:
+            raise PoolError("the guest agent's first message is not this VM's hello")
 
     def _warm_up(self, deadline: float) -> None:
         """Have the agent run one throwaway container (`vmrt_agent.warmup`): the first
         container of a fresh guest is slow, and this VM can pay for it while it waits.
         Best effort: a guest that cannot is still a good pool VM."""
         self.agent.sendall(protocol.request(1, "warm_up"))
+        frame = self._one_frame(deadline, "warming up", "finish warming up")
+        if frame.type is not protocol.FrameType.RESPONSE:
+            raise PoolError("the guest sent something else than its warm-up's answer")
+        resp = protocol.Response.parse(frame.json())
+        if resp.ok:
+            _log("info", "warmed up", pool_vm=self.vm_id, seconds=resp.result.get("seconds"))
+        else:
+            _log("warning", "no warm-up", pool_vm=self.vm_id, error=resp.error)
+
+    def _one_frame(self, deadline: float, doing: str, to_do: str) -> protocol.Frame:
+        """The agent's next frame, which must come alone: the monitor that adopts this
+        VM reads the port afresh, so anything more would be lost (better no pool VM
+        than a lossy one). QEMU exiting or the port closing ends the wait."""
         decoder = protocol.Decoder()
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise PoolError("the guest agent did not finish warming up in time")
+                raise PoolError(f"the guest agent did not {to_do} in time")
             ready, _, _ = select.select([self.agent.fileno(), self.pidfd], [], [], left)
             if self.pidfd in ready:
-                raise PoolError(f"QEMU exited while warming up ({self.qemu.poll()})")
+                raise PoolError(f"QEMU exited while {doing} ({self.qemu.poll()})")
             if not ready:
                 continue
             data = self.agent.recv(65536)
@@ -141,15 +135,9 @@ class PoolVM:
             frames = decoder.feed(data)
             if not frames:
                 continue
-            if frames[0].type is not protocol.FrameType.RESPONSE or len(frames) > 1 \
-                    or decoder.pending:
-                raise PoolError("the guest sent something else than its warm-up's answer")
-            resp = protocol.Response.parse(frames[0].json())
-            if resp.ok:
-                _log("info", "warmed up", pool_vm=self.vm_id, seconds=resp.result.get("seconds"))
-            else:
-                _log("warning", "no warm-up", pool_vm=self.vm_id, error=resp.error)
-            return
+            if len(frames) > 1 or decoder.pending:
+                raise PoolError(f"the guest sent more than one message while {doing}")
+            return frames[0]
 
     # --- waiting for a claim -----------------------------------------------------------
 

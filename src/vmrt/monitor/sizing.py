@@ -40,10 +40,6 @@ from vmrt.util.record import replace
 from vmrt.vm.cmdline import HOTPLUG_MEMORY_BLOCK_MIB, HOTPLUG_MEMORY_PATH
 from vmrt.vm.qmp import QMP
 
-#: The bounds live in vmspec (QEMU's argv needs them before asyncio is imported).
-Bounds = vmspec.Bounds
-bounds = vmspec.bounds
-
 #: How long the guest gets to plug memory asked for (TCG is slow at zeroing pages).
 PLUG_TIMEOUT_S = 30.0
 #: Shrinking is best effort; the guest is given this long before the size is reported.
@@ -58,7 +54,7 @@ class Demand:
     memory_mib: int = 0
 
 
-def target(limits: Bounds, demands: Iterable[Demand]) -> tuple[int, int]:
+def target(limits: vmspec.Bounds, demands: Iterable[Demand]) -> tuple[int, int]:
     """(vCPUs, MiB) for these demands: base + sum, capped; RAM in virtio-mem blocks."""
     demands = list(demands)
     cpus = limits.base_vcpus + math.ceil(round(sum(d.cpus for d in demands), 6))
@@ -86,7 +82,7 @@ class VMSizer:
         self._agent = agent
         self.store = store
         self.sandbox_id = sandbox_id
-        self.limits = bounds(cfg)
+        self.limits = vmspec.bounds(cfg)
         self.accel = accel
         self.timeout = cfg.request_timeout_s
         self.log = log

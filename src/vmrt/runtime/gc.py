@@ -250,21 +250,11 @@ def _detach_mounts(path: Path) -> None:
     """Refuse to delete a tree a mount still reaches into (a bind of someone's rootfs)."""
     from vmrt.util import mount
 
-    for mnt in sorted(_mounts_under(path), key=len, reverse=True):
+    for mnt in sorted(mount.mounts_under(path), key=len, reverse=True):
         with contextlib.suppress(OSError):
             mount.umount(mnt)
-    if _mounts_under(path):
+    if mount.mounts_under(path):
         raise VmrtError(f"{path} still has mounts under it")
-
-
-def _mounts_under(path: Path) -> list[str]:
-    base = os.path.realpath(path).rstrip("/") + "/"
-    try:
-        with open("/proc/self/mountinfo") as f:
-            points = [line.split()[4].replace("\\040", " ") for line in f]
-    except OSError:
-        return []
-    return [p for p in points if (p + "/").startswith(base)]
 
 
 def _dirs(path: Path) -> list[Path]:

@@ -45,3 +45,15 @@ def private_mount_namespace() -> None:
     share cannot leak onto the host, and vanishes when the last holder exits."""
     _check(_libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
     mount("none", "/", None, MS_REC | MS_SLAVE)
+
+
+def mounts_under(path: str | os.PathLike[str]) -> list[str]:
+    """Mount points strictly below `path` in this process's namespace (the tree a
+    cleanup must unmount before it may delete)."""
+    base = os.path.realpath(path).rstrip("/") + "/"
+    try:
+        with open("/proc/self/mountinfo") as f:
+            points = [line.split()[4].replace("\\040", " ") for line in f]
+    except OSError:
+        return []
+    return [p for p in points if (p + "/").startswith(base)]
