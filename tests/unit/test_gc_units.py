@@ -4,8 +4,11 @@ in use, and how vmrt's processes are recognised from their argv."""
 from __future__ import annotations
 
 import fcntl
+import json
 import os
+import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -182,6 +185,36 @@ def test_a_real_process_is_classified(tmp_path: Path) -> None:
         while not found() and time.monotonic() < deadline:
             time.sleep(0.02)
         assert [p.kind for p in found()] == ["shim"]
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_pool_vms_monitor_belongs_to_the_sandbox_its_directory_was_renamed_to(
+        tmp_path: Path) -> None:
+    """A claimed pool VM's monitor keeps its argv (no sandbox in it): its log, open on fd 2,
+    says which sandbox it serves — after the claim's rename, and after the directory is
+    removed under it (gc must still see whose it was)."""
+    vm_dir = tmp_path / "pool" / "pool-1"
+    vm_dir.mkdir(parents=True)
+    (tmp_path / "sandboxes").mkdir()
+    spec = json.dumps({"root": str(tmp_path), "vm_id": "pool-1"})
+    with open(vm_dir / "monitor.log", "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
+                                 "-m", "vmrt.monitor.pooled", spec], stderr=log)
+    try:
+        def owner() -> list[tuple[str, str]]:
+            return [(p.kind, p.sandbox) for p in procscan.scan(tmp_path) if p.pid == proc.pid]
+
+        deadline = time.monotonic() + 10
+        while not Path(f"/proc/{proc.pid}/cmdline").read_bytes().count(b"pooled") and \
+                time.monotonic() < deadline:
+            time.sleep(0.02)  # until the exec shows
+        assert owner() == [], "an unclaimed pool VM is no sandbox's"
+        vm_dir.rename(tmp_path / "sandboxes" / "sb1")
+        assert owner() == [("monitor", "sb1")]
+        shutil.rmtree(tmp_path / "sandboxes" / "sb1")
+        assert owner() == [("monitor", "sb1")]
     finally:
         proc.kill()
         proc.wait()

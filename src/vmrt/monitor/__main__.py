@@ -5,16 +5,25 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+from typing import TYPE_CHECKING
 
 from vmrt import config
 from vmrt.monitor.adopt import Adoption
 from vmrt.paths import Root
 
+if TYPE_CHECKING:
+    from typing import Any
+
 
 def main() -> int:
     # One JSON argument: the CLI resolved the image and accelerator already and said
     # so in its own error path; the monitor only needs the values.
-    spec = json.loads(sys.argv[1])
+    return run_spec(json.loads(sys.argv[1]))
+
+
+def run_spec(spec: dict[str, Any]) -> int:
+    """Be the sandbox monitor `spec` describes, until it ends. Also entered in-process by
+    a warm pool VM's monitor once a sandbox claims it (`monitor.pooled`)."""
     cfg = config.load(spec.get("config_path"))
     root = Root.at(spec["root"])
     adopt = Adoption.from_json(spec["adopt"]) if spec.get("adopt") else None

@@ -1,8 +1,8 @@
-"""What a warm pool VM's monitor hands to the sandbox monitor it execs into.
+"""What a warm pool VM's monitor hands to the sandbox monitor it becomes.
 
-`monitor.pooled` boots QEMU and waits; when a sandbox claims the VM it execs
-`python -m vmrt.monitor` in the same process, so QEMU stays its child (waitpid
-and the parent-death signal still hold) and these inherited fds carry the rest.
+`monitor.pooled` boots QEMU and waits; when a sandbox claims the VM it runs the
+sandbox monitor in the same process, so QEMU stays its child (waitpid and the
+parent-death signal still hold) and these fds carry the rest.
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ class MonitorArgs:
     root_image: str
     accel: str
     config: Config
-    #: A warm pool VM handed over by `monitor.pooled` (which exec'd this monitor).
+    #: A warm pool VM handed over by `monitor.pooled` (the process this monitor runs in).
     adopt: Adoption | None = None
     #: QEMU launched by __main__ before the monitor's imports; None: boot() launches it.
     launched: Launched | None = None
@@ -119,9 +119,9 @@ class Monitor:
             raise VMLaunchError(f"{exc}{': ' + tail if tail else ''}") from exc
 
     async def _adopt(self, adopted: Adoption) -> None:
-        """Take over a warm pool VM that `monitor.pooled` booted and exec'd this monitor
-        for: QEMU (a child kept across exec), the agent port past its hello, and QMP not
-        yet negotiated (its greeting waits in the socket)."""
+        """Take over the warm pool VM that `monitor.pooled`, in this same process, booted:
+        QEMU (its child), the agent port past its hello, and QMP not yet negotiated (its
+        greeting waits in the socket)."""
         self.log.info("adopted a warm pool VM", qemu=adopted.qemu_pid)
         self.qemu = AdoptedQemu(adopted.qemu_pid)
         self._watch_qemu(self.qemu.pid)

@@ -1,21 +1,26 @@
 """A warm pool VM's monitor until a sandbox claims it: `python -I -m vmrt.monitor.pooled SPEC`.
 
 It boots QEMU exactly as a sandbox monitor would (`vmspec.pod_vm`), waits for
-the agent's hello, writes `ready.json`, and then only waits: for QEMU to die
-(it exits; the next refill reaps the entry), for SIGTERM (a drain), or for one
-`adopt` request on its socket. By then the claimer has renamed this VM's
-directory to `sandboxes/<sb>` (`runtime/pool.py`). On `adopt` it joins the
-sandbox's network namespace (an fd passed with the request) and execs
-`python -m vmrt.monitor` as that sandbox's monitor, in the same process: QEMU
-stays its child, and QMP, the agent port, the listening socket and the
-claimer's connection (where the new monitor reports ready) are inherited.
+the agent's hello, imports the sandbox monitor's modules, writes `ready.json`,
+and then only waits: for QEMU to die (it exits; the next refill reaps the
+entry), for SIGTERM (a drain), or for one `adopt` request on its socket. By
+then the claimer has renamed this VM's directory to `sandboxes/<sb>`
+(`runtime/pool.py`). On `adopt` it joins the sandbox's network namespace (an
+fd passed with the request) and becomes that sandbox's monitor in the same
+process and interpreter (`vmrt.monitor.__main__.run_spec`): QEMU stays its
+child, and QMP, the agent port, the listening socket and the claimer's
+connection (where the monitor reports ready) change hands as file descriptors.
+Not exec'ing saves the claim an interpreter start and the monitor's imports
+(asyncio, QMP): ≈70 ms of a ≈0.4 s pod start.
 
-Two things make the handover lossless: QMP is never read here, so the new
-monitor gets QEMU's greeting and negotiates itself; and the agent port is read
-only up to the hello, after which the guest sends nothing unasked.
+Two things make the handover lossless: QMP is never read here, so the monitor
+gets QEMU's greeting and negotiates itself; and the agent port is read only up
+to the hello, after which the guest sends nothing unasked.
 
-Its argv names no sandbox (`procscan` does not take it for a sandbox monitor,
-so `gc` leaves it alone); once exec'd, the argv names the sandbox that claimed it.
+Its argv names no sandbox, and never will. `procscan` tells which sandbox it
+serves by the log it writes (fd 2, `<vm dir>/monitor.log`), which the claim's
+rename moved to `sandboxes/<sb>`: unclaimed, it is no sandbox's (so `gc` leaves
+it alone); claimed, it is that sandbox's monitor.
 """
 
 from __future__ import annotations
@@ -89,6 +94,10 @@ class PoolVM:
         self.sock_ino = os.stat(sbdir.monitor_sock).st_ino
         self._wait_hello(nonce, time.monotonic() + self.cfg.boot_timeout_s)
         self._warm_up(time.monotonic() + self.cfg.request_timeout_s * 2)
+        # Now, while nobody waits: what a claim would otherwise import on its way.
+        import vmrt.monitor.__main__  # noqa: F401
+        import vmrt.monitor.main  # noqa: F401
+
         me = os.getpid()
         write_json(self.dir.ready, {"qemu": [self.qemu.pid, start_time(self.qemu.pid) or 0],
                                     "monitor": [me, start_time(me) or 0]})
@@ -141,8 +150,9 @@ class PoolVM:
 
     # --- waiting for a claim -----------------------------------------------------------
 
-    def serve(self) -> int:
-        """Until QEMU dies (1) or a claim execs the sandbox monitor (no return). A VM
+    def serve(self) -> int | dict[str, Any]:
+        """Until QEMU dies (1) or a sandbox claims this VM (the spec of the sandbox
+        monitor this process is to become: its fds are no longer this object's). A VM
         whose directory is gone (its --root removed under it) stops: nobody could claim
         or drain it. A claimer renames the directory, then connects within milliseconds,
         so only a directory missing at two checks in a row counts as gone."""
@@ -161,7 +171,9 @@ class PoolVM:
                 continue
             conn, _ = self.listener.accept()
             try:
-                self._session(conn)
+                handover = self._session(conn)
+                if handover is not None:
+                    return handover
             except (OSError, protocol.ProtocolError, VmrtError, PoolError) as exc:
                 _log("warning", "request refused", pool_vm=self.vm_id, error=str(exc))
                 with contextlib.suppress(OSError):
@@ -174,21 +186,23 @@ class PoolVM:
         except OSError:
             return False
 
-    def _session(self, conn: socket.socket) -> None:
+    def _session(self, conn: socket.socket) -> dict[str, Any] | None:
         conn.settimeout(REQUEST_TIMEOUT_S)
         req, fds = _read_request(conn)
         try:
             if req.op == "ping":
                 conn.sendall(protocol.response_ok(req.id, {"pool_vm": self.vm_id}))
+                return None
             elif req.op == "adopt":
-                self._adopt(conn, req, fds)
+                return self._adopt(conn, req, fds)
             else:
                 raise PoolError(f"a pool VM does not serve {req.op!r}")
         finally:
             for fd in fds:
                 os.close(fd)
 
-    def _adopt(self, conn: socket.socket, req: protocol.Request, fds: list[int]) -> None:
+    def _adopt(self, conn: socket.socket, req: protocol.Request,
+               fds: list[int]) -> dict[str, Any]:
         sandbox_id = validate_id(protocol.get_str(req.args, "sandbox_id"))
         target = self.root.sandbox(sandbox_id)
         try:
@@ -202,18 +216,20 @@ class PoolVM:
             from vmrt.network.netns import setns
 
             setns(fds[0])  # the monitor lives in the pod's network namespace; QEMU needn't
-        adoption = Adoption(self.qemu.pid, self.qmp.fileno(), self.agent.fileno(),
-                            self.listener.fileno())
+        conn.settimeout(None)
         spec = {"root": str(self.root.path), "sandbox_id": sandbox_id,
                 "name": protocol.get_str(req.args, "name"), "kernel": self.spec["kernel"],
                 "initrd": self.spec["initrd"], "kernel_cmdline": self.spec["kernel_cmdline"],
                 "root_image": self.spec["root_image"], "accel": self.spec["accel"],
-                "config_path": protocol.get_str(req.args, "config_path", default="") or None,
-                "ready_fd": conn.fileno(), "adopt": adoption.to_json()}
-        for fd in (*adoption.fds(), conn.fileno()):
-            os.set_inheritable(fd, True)
+                "config_path": protocol.get_str(req.args, "config_path", default="") or None}
+        # From here on the sockets belong to the monitor: detached, so that neither
+        # this object nor `serve` closes them.
+        adoption = Adoption(self.qemu.pid, self.qmp.detach(), self.agent.detach(),
+                            self.listener.detach())
+        os.close(self.pidfd)
+        self.pidfd = -1
         _log("info", "handed to a sandbox", pool_vm=self.vm_id, sandbox=sandbox_id)
-        os.execv(sys.executable, [sys.executable, "-I", "-m", "vmrt.monitor", json.dumps(spec)])
+        return {**spec, "ready_fd": conn.detach(), "adopt": adoption.to_json()}
 
     def stop(self) -> None:
         if self.qemu is not None and self.qemu.poll() is None:
@@ -269,14 +285,24 @@ def main() -> int:
     signal.signal(signal.SIGTERM, _terminate)
     background()  # its spawner did already; a pool VM started by hand is one too
     vm = PoolVM(json.loads(sys.argv[1]))
+    handover: dict[str, Any] | None = None
     try:
         vm.boot()
-        return vm.serve()
+        served = vm.serve()
+        if isinstance(served, int):
+            return served
+        handover = served
     except (OSError, VmrtError, PoolError) as exc:
         _log("error", "pool VM failed", pool_vm=vm.vm_id, error=str(exc))
         return 1
     finally:
-        vm.stop()
+        if handover is None:
+            vm.stop()
+    from vmrt.monitor.__main__ import run_spec
+
+    # `vm` (and its Popen of QEMU) stays referenced while the monitor runs: a collected
+    # Popen whose child still runs is reaped by the next Popen, behind the monitor's back.
+    return run_spec(handover)
 
 
 if __name__ == "__main__":

@@ -10,9 +10,9 @@ and that belong to no sandbox (`monitor/pooled.py` runs each). Layout: paths.py.
   socket and logs in it, *is* the sandbox directory from then on.
 * **adopt** (`adopt`): the claimer asks the VM's monitor, over its socket, to
   become sandbox <sb>'s monitor, passing the pod's network namespace; the
-  monitor execs `python -m vmrt.monitor` (pid unchanged, QEMU still its child)
-  and reports "ready" on that connection exactly as a freshly spawned monitor
-  does on its pipe. If anything fails, the VM is killed and the create boots
+  same process becomes it (no exec: the sandbox monitor's modules are imported
+  already; QEMU stays its child) and reports "ready" on that connection exactly
+  as a freshly spawned monitor does on its pipe. If anything fails, the VM is killed and the create boots
   a VM cold in the same directory: a pool problem costs time, never a create.
 * **refill** (`refill`, a second after every sandbox create): under `pool/.lock`,
   entries whose monitor died or that were booted from another image or
@@ -176,7 +176,7 @@ def claim(ctx: Context, sandbox_id: str) -> Claimed | None:
 
 
 def adopt(ctx: Context, claimed: Claimed, state: SandboxState) -> bool:
-    """Make the claimed VM the sandbox's (its monitor execs as the sandbox monitor) and
+    """Make the claimed VM the sandbox's (its monitor becomes the sandbox monitor) and
     record it; False if it failed, after killing it and clearing the directory of it."""
     from vmrt.monitor.spawn import read_ready
     from vmrt.network import netns

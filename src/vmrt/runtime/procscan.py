@@ -7,6 +7,10 @@ booted leaves a monitor that no sandbox.json names). Each kind carries its
 
 * monitor: ``python -I -m vmrt.monitor '{"root": ..., "sandbox_id": ...}'``
 * QEMU: ``-chardev file,id=console,path=<root>/sandboxes/<sb>/console.log``
+* a warm pool VM's monitor and QEMU (``-m vmrt.monitor.pooled``, ``path=<root>/pool/<vm>/...``)
+  name no sandbox in their argv: a claim renames the VM's directory to the
+  sandbox's, and the files they hold open moved with it — the monitor's log on
+  its fd 2, QEMU's console log. Unclaimed, they are no sandbox's.
 * virtiofsd (and its sandboxed child): ``-o source=<root>/sandboxes/<sb>/shares/<id>``
 * shim: comm ``vmrt-shim``; argv is the `create`/`run` that forked it (``--root R``).
 """
@@ -75,22 +79,71 @@ def _under_sandboxes(path: str) -> tuple[Path, str] | None:
     return None
 
 
-def _monitor(argv: list[str]) -> tuple[Path, str] | None:
-    if "vmrt.monitor" not in argv:
+def _spec_arg(argv: list[str], module: str) -> dict[str, object] | None:
+    """The JSON argument after `-m module`."""
+    if module not in argv:
         return None
     try:
-        spec = json.loads(argv[argv.index("vmrt.monitor") + 1])
-        return Path(spec["root"]), str(spec["sandbox_id"])
-    except (IndexError, ValueError, KeyError, TypeError):
+        spec = json.loads(argv[argv.index(module) + 1])
+    except (IndexError, ValueError):
         return None
+    return spec if isinstance(spec, dict) else None
 
 
-def _qemu(argv: list[str]) -> tuple[Path, str] | None:
+def _monitor(argv: list[str]) -> tuple[Path, str] | None:
+    spec = _spec_arg(argv, "vmrt.monitor")
+    if spec is None or "root" not in spec or "sandbox_id" not in spec:
+        return None
+    return Path(str(spec["root"])), str(spec["sandbox_id"])
+
+
+def _pooled(pid: int, argv: list[str]) -> tuple[Path, str] | None:
+    """A pool VM's monitor, claimed: the sandbox its log (fd 2) moved to."""
+    spec = _spec_arg(argv, "vmrt.monitor.pooled")
+    if spec is None or "root" not in spec:
+        return None
+    sandbox = _moved_to(pid, ["2"], "monitor.log")
+    return (Path(str(spec["root"])), sandbox) if sandbox else None
+
+
+def _console_path(argv: list[str]) -> str | None:
     for arg in argv:
         if arg.startswith("file,id=console,path="):
             # opt() doubled the commas of the path; it is the last key.
-            return _under_sandboxes(arg.split("path=", 1)[1].replace(",,", ","))
+            return arg.split("path=", 1)[1].replace(",,", ",")
     return None
+
+
+def _qemu(argv: list[str]) -> tuple[Path, str] | None:
+    path = _console_path(argv)
+    return _under_sandboxes(path) if path is not None else None
+
+
+def _pool_qemu(pid: int, argv: list[str]) -> tuple[Path, str] | None:
+    """A pool VM's QEMU, claimed: the sandbox its console log moved to."""
+    path = _console_path(argv)
+    parts = Path(path).parts if path is not None else ()
+    if len(parts) < 4 or parts[-3] != "pool":
+        return None
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return None
+    sandbox = _moved_to(pid, fds, parts[-1])
+    return (Path(*parts[:-3]), sandbox) if sandbox else None
+
+
+def _moved_to(pid: int, fds: list[str], name: str) -> str:
+    """The sandbox whose directory holds the file `name` open on one of `fds`, read from
+    where the file is now (a file removed with its directory still says where it was)."""
+    for fd in fds:
+        try:
+            parts = Path(os.readlink(f"/proc/{pid}/fd/{fd}").removesuffix(" (deleted)")).parts
+        except OSError:
+            continue
+        if len(parts) >= 4 and parts[-1] == name and parts[-3] == "sandboxes":
+            return parts[-2]
+    return ""
 
 
 def _virtiofsd(argv: list[str]) -> tuple[Path, str] | None:
@@ -126,11 +179,11 @@ def _classify(pid: int) -> VmrtProcess | None:
     if comm == SHIM_COMM:
         return VmrtProcess("shim", pid, start, ppid, _shim_root(pid, argv))
     if exe.startswith("qemu-system"):
-        kind, found = "qemu", _qemu(argv)
+        kind, found = "qemu", _qemu(argv) or _pool_qemu(pid, argv)
     elif exe == "virtiofsd":
         kind, found = "virtiofsd", _virtiofsd(argv)
     elif "python" in exe:
-        kind, found = "monitor", _monitor(argv)
+        kind, found = "monitor", _monitor(argv) or _pooled(pid, argv)
     else:
         return None
     if found is None:
