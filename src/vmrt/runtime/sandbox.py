@@ -43,10 +43,13 @@ def boot_image(cfg: Config) -> BootImage:
     image = ensure_image(cfg)
     accel = probe(cfg.accel).accel
     cmdline = image.cmdline
-    if accel == "tcg" and not cfg.guest_tickless:
-        from vmrt.image.kernel import KERNEL_CMDLINE_TCG
+    if accel == "tcg":
+        from vmrt.image import kernel
 
-        cmdline = (*cmdline, *KERNEL_CMDLINE_TCG)
+        if not cfg.guest_tickless:
+            cmdline = (*cmdline, *kernel.KERNEL_CMDLINE_TCG)
+        if not cfg.guest_aslr:
+            cmdline = (*cmdline, *kernel.KERNEL_CMDLINE_TCG_FIXED_MAPS)
     return BootImage(image.kernel, image.initrd, cmdline, image.root_image, accel)
 
 
