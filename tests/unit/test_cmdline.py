@@ -27,7 +27,7 @@ def test_golden() -> None:
     assert ("-chardev", "socket,id=qmp,fd=5") in pairs
     assert ("-chardev", "socket,id=agent,fd=6") in pairs
     assert ("-device", "virtserialport,chardev=agent,name=vmrt.agent,bus=vser0.0") in pairs
-    assert ("-accel", "tcg,thread=single,tb-size=64") in pairs
+    assert ("-accel", "tcg,thread=single,split-wx=on,tb-size=64") in pairs
     assert ("-device",
             "pcie-root-port,id=rp0,bus=pcie.0,chassis=1,addr=0x10.0,multifunction=on") in pairs
     assert ("-device", "pcie-root-port,id=rp1,bus=pcie.0,chassis=2,addr=0x10.1") in pairs

@@ -24,6 +24,7 @@ from vmrt.monitor import debugging, launch, ratelimit, shares
 from vmrt.monitor.adopt import AdoptedQemu, Adoption
 from vmrt.monitor.agent_link import AgentLink
 from vmrt.monitor.channels import ProcessChannel
+from vmrt.monitor.jit_trim import JitTrimmer
 from vmrt.monitor.launch import Launched
 from vmrt.monitor.network import PodNetwork
 from vmrt.monitor.sizing import VMSizer
@@ -92,6 +93,9 @@ class Monitor:
         self.sizer = VMSizer(qmp=self.qmp, agent=lambda: self.agent, store=self.store,
                              sandbox_id=args.sandbox_id, cfg=self.cfg, accel=args.accel,
                              log=self.log)
+        self.jit = JitTrimmer(qmp=self.qmp, qemu_pid=lambda: self.qemu.pid,
+                              lock=self.device_lock, spawn=self._spawn, log=self.log)
+        self.jit.enabled = args.accel == "tcg"
 
     # --- boot ----------------------------------------------------------------
 
@@ -184,6 +188,7 @@ class Monitor:
                            "qemu": [self.qemu.pid, start_time(self.qemu.pid) or 0],
                            "accel": self.args.accel, "vcpus": self.cfg.vcpus,
                            "memory_mib": self.cfg.memory_mib})
+        self.jit.poke()  # the boot filled the translation cache (and flushed it) once
         async with server:
             await self.done.wait()
 
@@ -258,6 +263,7 @@ class Monitor:
         except Exception as exc:  # a bug must answer the caller, not hang it
             self.log.error("request failed", op=req.op, error=repr(exc))
             writer.write(protocol.response_error(req.id, f"internal error: {exc!r}"))
+        self.jit.poke()
         with contextlib.suppress(ConnectionError):
             await writer.drain()
 
