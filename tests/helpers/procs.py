@@ -211,3 +211,16 @@ def kill_procs(procs: Iterable[Proc], sig: int = signal.SIGKILL) -> None:
             continue  # gone, or the pid was reused
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(p.pid, sig)
+
+
+def jit_rss(qemu_pid: int) -> int:
+    """Resident bytes of the writable view of QEMU's TCG translation buffer (a memfd with
+    split-wx=on), from /proc/<pid>/smaps."""
+    rss, inside = 0, False
+    for line in Path(f"/proc/{qemu_pid}/smaps").read_text().splitlines():
+        fields = line.split()
+        if fields and "-" in fields[0] and ":" not in fields[0]:
+            inside = fields[1].startswith("rw") and line.endswith("/memfd:tcg-jit (deleted)")
+        elif inside and line.startswith("Rss:"):
+            rss += int(fields[1]) * 1024
+    return rss

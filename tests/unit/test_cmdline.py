@@ -36,6 +36,13 @@ def test_golden() -> None:
     assert "-no-reboot" in argv and "-nodefaults" in argv
 
 
+def test_a_spare_qmp_monitor_only_when_asked() -> None:
+    assert not any("qmp-spare" in a for a in cmdline.build(BASE))
+    pairs = _pairs(cmdline.build(cmdline.VMSpec(**{**BASE.__dict__, "spare_qmp_fd": 9})))
+    assert ("-chardev", "socket,id=qmp-spare,fd=9") in pairs
+    assert ("-mon", "chardev=qmp-spare,mode=control") in pairs
+
+
 def test_commas_in_paths_cannot_add_options() -> None:
     vm = cmdline.VMSpec(**{**BASE.__dict__, "console_log": "/tmp/a,b=c/console.log"})
     argv = cmdline.build(vm)

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from helpers.procs import wait_until
+from helpers.procs import jit_rss, wait_until
 from helpers.runtime import Runtime
 
 pytestmark = pytest.mark.vm
@@ -47,17 +47,6 @@ def _vm(runtime: Runtime) -> dict[str, Any]:
     return vm
 
 
-def _jit_rss(qemu_pid: int) -> int:
-    """Resident bytes of the writable view of QEMU's translation buffer."""
-    rss, inside = 0, False
-    for line in Path(f"/proc/{qemu_pid}/smaps").read_text().splitlines():
-        if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
-            inside = line.split()[1].startswith("rw") and line.endswith("/memfd:tcg-jit (deleted)")
-        elif inside and line.startswith("Rss:"):
-            rss += int(line.split()[1]) * 1024
-    return rss
-
-
 def _info_jit(runtime: Runtime, cid: str) -> tuple[int, int]:
     """(fill level, flush count) from QEMU's `info jit`."""
     text = runtime.ok("debug", "qmp", cid, "human-monitor-command",
@@ -75,10 +64,10 @@ def test_a_quiet_pod_holds_only_its_live_translations(
     runtime.ok("run", "--detach", "--bundle", str(bundle(SLEEP)), cid)
     try:
         qemu = _vm(runtime)["qemu"]["pid"]
-        assert wait_until(lambda: _jit_rss(qemu) <= 48 * MiB, timeout=30), \
-            f"QEMU still holds {_jit_rss(qemu) / MiB:.0f} MiB of its 64 MiB translation cache"
+        assert wait_until(lambda: jit_rss(qemu) <= 48 * MiB, timeout=30), \
+            f"QEMU still holds {jit_rss(qemu) / MiB:.0f} MiB of its 64 MiB translation cache"
         used, _ = _info_jit(runtime, cid)
-        assert _jit_rss(qemu) >= used, "live translations were released"
+        assert jit_rss(qemu) >= used, "live translations were released"
         assert runtime.ok("exec", cid, "sh", "-c", WORKLOAD).stdout.split()[-1] == "42"
     finally:
         runtime.ok("delete", "--force", cid)

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from helpers.procs import jit_rss
 from helpers.runtime import Runtime
 
 pytestmark = pytest.mark.vm
@@ -177,6 +178,16 @@ def test_shrinking_the_pool_stops_the_extra_vms(pool: Pool) -> None:
     pool.ok("pool", "fill")
     assert pool.ls() == []
     assert not _alive(warm["qemu"], qemu_start)
+
+
+def test_a_waiting_pool_vm_holds_only_its_live_translations(pool: Pool) -> None:
+    """A boot fills TCG's 64 MiB translation cache and flushes it; a pool VM gives the
+    dead part back before it reports ready, as a sandbox's monitor does (test_jit_trim)."""
+    pool.configure(pool_size=1, tb_size_mib=64)
+    [warm] = pool.fill()
+    if "-accel tcg," not in _cmdline(warm["qemu"]):
+        pytest.skip("no translation cache under KVM")
+    assert jit_rss(warm["qemu"]) <= 48 << 20, "the waiting pool VM kept its dead translations"
 
 
 def test_pool_vms_are_no_sandboxes_to_procscan(pool: Pool) -> None:

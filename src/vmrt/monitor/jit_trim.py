@@ -21,6 +21,7 @@ import asyncio
 import ctypes
 import os
 import re
+import socket
 from collections.abc import Callable, Coroutine
 from typing import Any, NamedTuple
 
@@ -98,6 +99,43 @@ def punch(pid: int, used: int) -> int:
     return dead[1]
 
 
+async def trim(qmp: QMP, qemu_pid: int, trimmed_at: int) -> tuple[int, int]:
+    """Release the dead part of the buffer if a flush since `trimmed_at` (a flush count)
+    left one: (bytes released, the flush count it is trimmed at now)."""
+    if (await _info(qmp)).flushes <= trimmed_at:
+        return 0, trimmed_at
+    status = await qmp.execute("query-status")
+    if status.get("status") != "running":
+        return 0, trimmed_at  # paused by someone else: theirs to resume, ours to skip
+    await qmp.execute("stop")
+    try:
+        stats = await _info(qmp)  # with the vCPU stopped: nothing moves now
+        released = punch(qemu_pid, stats.used)
+    finally:
+        await qmp.execute("cont")
+    return released, stats.flushes
+
+
+async def trim_once(sock: socket.socket, qemu_pid: int) -> int:
+    """One trim over a QMP connection of its own (a warm pool VM's, before it is claimed:
+    the monitor that adopts the VM gets the main QMP connection untouched)."""
+    qmp = QMP("vmrt-trim")
+    await qmp.connect(sock)
+    try:
+        released, _ = await trim(qmp, qemu_pid, 0)
+        return released
+    finally:
+        await qmp.close()
+
+
+async def _info(qmp: QMP) -> JitStats:
+    text = await qmp.execute("human-monitor-command", {"command-line": "info jit"})
+    stats = parse_info_jit(text if isinstance(text, str) else "")
+    if stats is None:
+        raise ValueError("QEMU's `info jit` has no fill level or flush count")
+    return stats
+
+
 class JitTrimmer:
     """Trims QEMU's translation buffer once the VM is quiet after a flush.
 
@@ -132,28 +170,12 @@ class JitTrimmer:
             self.enabled = False
             self._log.warning("translation cache trimming off", error=str(exc))
 
-    async def _info(self) -> JitStats:
-        text = await self._qmp.execute("human-monitor-command", {"command-line": "info jit"})
-        stats = parse_info_jit(text if isinstance(text, str) else "")
-        if stats is None:
-            raise ValueError("QEMU's `info jit` has no fill level or flush count")
-        return stats
-
     async def trim(self) -> int:
         """Release the dead part of the buffer if a flush left one; the bytes released."""
         async with self._lock:
-            if (await self._info()).flushes <= self._trimmed_at:
-                return 0
-            status = await self._qmp.execute("query-status")
-            if status.get("status") != "running":
-                return 0  # paused by someone else: theirs to resume, ours to skip
-            await self._qmp.execute("stop")
-            try:
-                stats = await self._info()  # with the vCPU stopped: nothing moves now
-                released = punch(self._qemu_pid(), stats.used)
-            finally:
-                await self._qmp.execute("cont")
-            self._trimmed_at = stats.flushes
-        self._log.debug("released dead translations", mib=released >> 20,
-                        live_mib=stats.used >> 20)
+            before = self._trimmed_at
+            released, self._trimmed_at = await trim(self._qmp, self._qemu_pid(), before)
+        if self._trimmed_at != before:  # it looked, with the vCPU stopped
+            self._log.debug("released dead translations", mib=released >> 20,
+                            flushes=self._trimmed_at)
         return released

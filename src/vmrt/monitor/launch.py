@@ -29,6 +29,7 @@ class Launched:
     agent: socket.socket
     nonce: str  # the agent's hello must echo it
     argv: list[str]
+    spare_qmp: socket.socket | None = None  # a second QMP monitor, if asked for
 
 
 def _hold_stdio() -> None:
@@ -46,11 +47,15 @@ def _hold_stdio() -> None:
 
 
 def launch(cfg: Config, *, name: str, kernel: str, initrd: str, kernel_cmdline: tuple[str, ...],
-           root_image: str, accel: str, console_log: Path, qemu_log: Path) -> Launched:
+           root_image: str, accel: str, console_log: Path, qemu_log: Path,
+           spare_qmp: bool = False) -> Launched:
     _hold_stdio()
     # QEMU would create the console log 0644 (its umask): the guest's output is ours.
     os.close(os.open(console_log, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
     (qmp_host, qmp_vm), (agent_host, agent_vm) = qemu.socket_pairs()
+    spare_host, spare_vm = socket.socketpair() if spare_qmp else (None, None)
+    hosts = [s for s in (qmp_host, agent_host, spare_host) if s is not None]
+    vm_ends = [s for s in (qmp_vm, agent_vm, spare_vm) if s is not None]
     nonce = os.urandom(16).hex()
     limits = vmspec.bounds(cfg)
     try:
@@ -58,13 +63,14 @@ def launch(cfg: Config, *, name: str, kernel: str, initrd: str, kernel_cmdline: 
             cfg, name=name, kernel=kernel, initrd=initrd, kernel_cmdline=kernel_cmdline,
             root_image=root_image, accel=accel, nonce=nonce, qmp_fd=qmp_vm.fileno(),
             agent_fd=agent_vm.fileno(), console_log=str(console_log),
-            max_vcpus=limits.max_vcpus, max_memory_mib=limits.max_mib))
-        proc = qemu.launch(argv, qemu_fds=[qmp_vm.fileno(), agent_vm.fileno()], log=qemu_log)
+            max_vcpus=limits.max_vcpus, max_memory_mib=limits.max_mib,
+            spare_qmp_fd=spare_vm.fileno() if spare_vm is not None else -1))
+        proc = qemu.launch(argv, qemu_fds=[s.fileno() for s in vm_ends], log=qemu_log)
     except BaseException:
-        for sock in (qmp_host, agent_host):
+        for sock in hosts:
             sock.close()
         raise
     finally:
-        qmp_vm.close()
-        agent_vm.close()
-    return Launched(proc, qmp_host, agent_host, nonce, argv)
+        for sock in vm_ends:
+            sock.close()
+    return Launched(proc, qmp_host, agent_host, nonce, argv, spare_host)

@@ -75,6 +75,7 @@ class PoolVM:
         self.dir: PoolVMDir = self.root.pool_vm(self.vm_id)
         self.cfg = config.load(spec.get("config_path"))
         self.qemu: Any = None
+        self.spare_qmp: socket.socket | None = None
         self.pidfd = -1
 
     # --- boot ----------------------------------------------------------------------
@@ -85,8 +86,10 @@ class PoolVM:
             self.cfg, name=f"pool-{self.vm_id}", kernel=self.spec["kernel"],
             initrd=self.spec["initrd"], kernel_cmdline=tuple(self.spec["kernel_cmdline"]),
             root_image=self.spec["root_image"], accel=self.spec["accel"],
-            console_log=sbdir.console_log, qemu_log=sbdir.qemu_log)
+            console_log=sbdir.console_log, qemu_log=sbdir.qemu_log,
+            spare_qmp=self.spec["accel"] == "tcg")
         _log("info", "launching qemu", pool_vm=self.vm_id, argv=launched.argv)
+        self.spare_qmp = launched.spare_qmp
         self.qemu, self.qmp, self.agent = launched.qemu, launched.qmp, launched.agent
         nonce = launched.nonce
         self.pidfd = os.pidfd_open(self.qemu.pid)
@@ -98,10 +101,33 @@ class PoolVM:
         import vmrt.monitor.__main__  # noqa: F401
         import vmrt.monitor.main  # noqa: F401
 
+        self._trim_translations()
         me = os.getpid()
         write_json(self.dir.ready, {"qemu": [self.qemu.pid, start_time(self.qemu.pid) or 0],
                                     "monitor": [me, start_time(me) or 0]})
         _log("info", "ready", pool_vm=self.vm_id, qemu=self.qemu.pid)
+
+    def _trim_translations(self) -> None:
+        """Give back what the boot left dead of TCG's translation cache, as a sandbox
+        monitor does (`monitor/jit_trim.py`), over this VM's own second QMP monitor, which
+        is then closed: the main one stays unread for the monitor that adopts the VM.
+        Best effort, as the warm-up."""
+        spare, self.spare_qmp = self.spare_qmp, None
+        if spare is None:
+            return
+        import asyncio
+
+        from vmrt.monitor.jit_trim import trim_once
+
+        try:
+            released = asyncio.run(trim_once(spare, self.qemu.pid))
+            _log("info", "trimmed the translation cache", pool_vm=self.vm_id,
+                 mib=released >> 20)
+        except Exception as exc:  # noqa: BLE001 - an economy, never a reason to fail
+            _log("warning", "no trim of the translation cache", pool_vm=self.vm_id,
+                 error=str(exc))
+        finally:
+            spare.close()
 
     def _wait_hello(self, nonce: str, deadline: float) -> None:
         frame = self._one_frame(deadline, "booting", "say hello")

@@ -48,7 +48,8 @@ def bounds(cfg: Config) -> Bounds:
 
 def pod_vm(cfg: Config, *, name: str, kernel: str, initrd: str, kernel_cmdline: tuple[str, ...],
            root_image: str, accel: str, nonce: str, qmp_fd: int, agent_fd: int,
-           console_log: str, max_vcpus: int, max_memory_mib: int) -> cmdline.VMSpec:
+           console_log: str, max_vcpus: int, max_memory_mib: int,
+           spare_qmp_fd: int = -1) -> cmdline.VMSpec:
     return cmdline.VMSpec(
         name=name[:32], qemu=cfg.qemu, accel=accel, machine=cfg.machine, vcpus=cfg.vcpus,
         memory_mib=cfg.memory_mib, kernel=kernel, initrd=initrd,
@@ -56,7 +57,7 @@ def pod_vm(cfg: Config, *, name: str, kernel: str, initrd: str, kernel_cmdline: 
         qmp_fd=qmp_fd, agent_fd=agent_fd, console_log=console_log,
         hotplug_slots=cfg.hotplug_slots, tb_size_mib=cfg.tb_size_mib, sandbox=cfg.sandbox_qemu,
         root_image=root_image, max_vcpus=max_vcpus, max_memory_mib=max_memory_mib,
-        firmware=cfg.firmware)
+        firmware=cfg.firmware, spare_qmp_fd=spare_qmp_fd)
 
 
 def fingerprint(cfg: Config, *, kernel: str, initrd: str, kernel_cmdline: tuple[str, ...],

@@ -46,6 +46,8 @@ class VMSpec:
     #: `-bios`: a firmware file name (QEMU looks it up in its data directory) or path;
     #: empty: QEMU's default (SeaBIOS).
     firmware: str = ""
+    #: A second QMP monitor, for a warm pool VM's own use before it is claimed (-1: none).
+    spare_qmp_fd: int = -1
 
 
 #: The virtio-mem device that grows and shrinks the guest's RAM (QOM path for qom-set).
@@ -111,6 +113,9 @@ def build(vm: VMSpec) -> list[str]:
         argv += ["-object", f"memory-backend-memfd,id=hotmem,size={hot_mib}M,share=on",
                  "-device", f"virtio-mem-pci,id={HOTPLUG_MEMORY_ID},memdev=hotmem,requested-size=0,"
                  f"block-size={HOTPLUG_MEMORY_BLOCK_MIB}M"]
+    if vm.spare_qmp_fd >= 0:
+        argv += ["-chardev", f"socket,id=qmp-spare,fd={vm.spare_qmp_fd}",
+                 "-mon", "chardev=qmp-spare,mode=control"]
     if vm.firmware:
         argv += ["-bios", vm.firmware]  # a plain file name, not an option string
     if vm.sandbox:
