@@ -163,7 +163,15 @@ class JitTrimmer:
         self._timer = asyncio.get_running_loop().call_later(
             QUIET_S, lambda: self._spawn(self._trim_quietly()))
 
+    def close(self) -> None:
+        """No more trims: the VM is being torn down."""
+        self.enabled = False
+        if self._timer is not None:
+            self._timer.cancel()
+
     async def _trim_quietly(self) -> None:
+        if not self.enabled:
+            return
         try:
             await self.trim()
         except Exception as exc:  # noqa: BLE001 - see the class docstring

@@ -529,6 +529,7 @@ class Monitor:
 
     async def teardown(self) -> None:
         """Stop QEMU (quit, then SIGKILL) and every virtiofsd; remove the sockets."""
+        self.jit.close()
         with contextlib.suppress(Exception):  # NICs out and tc redirects off, while QEMU lives
             async with asyncio.timeout(15):
                 await self.network.detach_all()

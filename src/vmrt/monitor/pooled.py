@@ -11,7 +11,7 @@ process and interpreter (`vmrt.monitor.__main__.run_spec`): QEMU stays its
 child, and QMP, the agent port, the listening socket and the claimer's
 connection (where the monitor reports ready) change hands as file descriptors.
 Not exec'ing saves the claim an interpreter start and the monitor's imports
-(asyncio, QMP): ≈70 ms of a ≈0.4 s pod start.
+(asyncio, QMP): ≈60 ms of a ≈0.4 s pod start.
 
 Two things make the handover lossless: QMP is never read here, so the monitor
 gets QEMU's greeting and negotiates itself; and the agent port is read only up
