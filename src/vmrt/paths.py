@@ -15,9 +15,10 @@
 
 A sandbox create claims a warm VM by renaming <root>/pool/<vm> to
 <root>/sandboxes/<sb> (RENAME_NOREPLACE: one syscall claims both the VM and the
-sandbox id), then tells its monitor, which re-execs as that sandbox's monitor.
-Until then a pool VM's monitor runs `python -m vmrt.monitor.pooled`, which no
-sandbox names: its processes belong to <root>/pool/<vm>, not to any sandbox.
+sandbox id), then tells its monitor, which becomes that sandbox's monitor in the
+same process. Until then a pool VM's monitor runs `python -m vmrt.monitor.pooled`,
+which no sandbox names: its processes belong to <root>/pool/<vm>, not to any
+sandbox (`runtime/procscan.py` knows them by the logs they hold open there).
 """
 
 from __future__ import annotations

@@ -105,8 +105,9 @@ def destroy(ctx: Context, sandbox_id: str) -> None:
     The monitor is asked first (it unplugs cleanly and quits QEMU); whatever is
     still alive after the grace period — or when the monitor cannot be reached —
     is killed by pid *and* start time from the sandbox state, and so is every
-    process whose argv names the sandbox (runtime/procscan.py): the monitor and
-    QEMU of a `create` killed mid-boot, or of a sandbox whose state is gone.
+    process that names the sandbox in its argv, or (a claimed pool VM's) in the
+    paths of the logs it holds open (runtime/procscan.py): the monitor and QEMU of
+    a `create` killed mid-boot, or of a sandbox whose state is gone.
     """
     found = [p.ref for p in procscan.of_sandbox(ctx.root.path, sandbox_id)]
     try:
