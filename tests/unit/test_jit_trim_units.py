@@ -42,3 +42,34 @@ def test_only_whole_blocks_past_the_fill_level_and_margin_are_released() -> None
     assert offset + length <= size and length % BLOCK == 0
     assert dead_range(size - (3 << 20), size) is None  # too little to stop the vCPU for
     assert dead_range(size, size) is None
+
+
+def test_steady_requests_put_the_trim_off_only_so_long(monkeypatch) -> None:
+    """A manager polling `state` more often than QUIET_S must not starve the trim: it runs
+    LATEST_S after the first request it waits on. (Scheduling only: the spawned trim is
+    recorded, not run; tests/vm/test_jit_trim.py runs the real one.)"""
+    import asyncio
+
+    from vmrt.monitor import jit_trim
+
+    monkeypatch.setattr(jit_trim, "QUIET_S", 0.05)
+    monkeypatch.setattr(jit_trim, "LATEST_S", 0.2)
+    fired: list[float] = []
+
+    def spawn(coro) -> None:  # type: ignore[no-untyped-def]
+        fired.append(asyncio.get_running_loop().time())
+        coro.close()
+
+    async def scenario() -> float:
+        trimmer = jit_trim.JitTrimmer(qmp=None, qemu_pid=lambda: 0,  # type: ignore[arg-type]
+                                      lock=asyncio.Lock(), spawn=spawn, log=None)  # type: ignore[arg-type]
+        start = asyncio.get_running_loop().time()
+        for _ in range(25):  # a request every 20 ms for half a second
+            trimmer.poke()
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.1)  # then quiet
+        return start
+
+    start = asyncio.run(scenario())
+    assert len(fired) >= 2, "steady requests starved the trim"
+    assert 0.15 <= fired[0] - start <= 0.35

@@ -28,8 +28,11 @@ from typing import Any, NamedTuple
 from vmrt.log import Logger
 from vmrt.vm.qmp import QMP
 
-#: Trim once no request has come for this long (a pod start is a burst of them).
+#: Trim once no request has come for this long (a pod start is a burst of them)...
 QUIET_S = 2.0
+#: ...but no later than this after the first request since the last trim: a manager
+#: polling `state` every second must not put the trim off for ever.
+LATEST_S = 10.0
 #: Kept past the fill level: the prologue before the first region, and alignment.
 MARGIN = 2 << 20
 #: Punched in whole 2 MiB blocks (the buffer is made of transparent huge pages
@@ -153,15 +156,21 @@ class JitTrimmer:
         self._log = log
         self._trimmed_at = 0  # the flush count at the last trim
         self._timer: asyncio.TimerHandle | None = None
+        self._deadline = 0.0  # LATEST_S after the first poke the pending trim answers
         self.enabled = True
 
     def poke(self) -> None:
         if not self.enabled:
             return
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = asyncio.get_running_loop().call_later(
-            QUIET_S, lambda: self._spawn(self._trim_quietly()))
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if self._timer is not None and not self._timer.cancelled() \
+                and self._timer.when() > now:
+            self._timer.cancel()  # still pending: put it off, up to its deadline
+        else:
+            self._deadline = now + LATEST_S
+        self._timer = loop.call_at(min(now + QUIET_S, self._deadline),
+                                   lambda: self._spawn(self._trim_quietly()))
 
     def close(self) -> None:
         """No more trims: the VM is being torn down."""
