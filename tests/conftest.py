@@ -178,6 +178,19 @@ def bundle(busybox_rootfs: Path, tmp_path: Path) -> BundleFactory:
 
 
 @pytest.fixture
+def vmrt_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[str], Path]:
+    """vmrt_config(toml_text) -> Path: a private vmrt config file, named by VMRT_CONFIG
+    for every runtime call of the test."""
+    def write(text: str) -> Path:
+        config = tmp_path / "vmrt-config.toml"
+        config.write_text(text)
+        monkeypatch.setenv("VMRT_CONFIG", str(config))
+        return config
+
+    return write
+
+
+@pytest.fixture
 def new_id() -> Callable[[], str]:
     """Fresh container ids, unique across tests (vmrt may name host resources by id)."""
     def make() -> str:

@@ -9,6 +9,7 @@ container sees in /proc/sys/kernel/randomize_va_space: 0 (fixed) or 2 (full).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,13 +21,11 @@ pytestmark = pytest.mark.vm
 
 @pytest.mark.parametrize("aslr", [False, True], ids=["default", "guest_aslr"])
 def test_guest_address_space_randomization_follows_the_config(
-        runtime: Runtime, bundle, new_id, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        runtime: Runtime, bundle, new_id, vmrt_config: Callable[[str], Path],
         aslr: bool) -> None:
     if not runtime.is_vmrt:
         pytest.skip("the guest kernel is a VM runtime's")
-    config = tmp_path / "config.toml"
-    config.write_text("guest_aslr = true\n" if aslr else "")
-    monkeypatch.setenv("VMRT_CONFIG", str(config))
+    vmrt_config("guest_aslr = true\n" if aslr else "")
     cid = new_id()
     runtime.ok("run", "--detach", "--bundle", str(bundle(["sleep", "100000"])), cid)
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +35,6 @@ def _vmrt_only(runtime: Runtime) -> None:
         pytest.skip("QEMU's translation cache is a VM runtime's")
 
 
-def _configure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str) -> None:
-    config = tmp_path / "config.toml"
-    config.write_text(text)
-    monkeypatch.setenv("VMRT_CONFIG", str(config))
-
-
 def _vm(runtime: Runtime) -> dict[str, Any]:
     [vm] = json.loads(runtime.ok("debug", "ls", "--format", "json").stdout)
     if vm["accel"] != "tcg":
@@ -58,8 +53,8 @@ def _info_jit(runtime: Runtime, cid: str) -> tuple[int, int]:
 
 
 def test_a_quiet_pod_holds_only_its_live_translations(
-        runtime: Runtime, bundle, new_id, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    _configure(tmp_path, monkeypatch, "tb_size_mib = 64\n")
+        runtime: Runtime, bundle, new_id, vmrt_config: Callable[[str], Path]) -> None:
+    vmrt_config("tb_size_mib = 64\n")
     cid = new_id()
     runtime.ok("run", "--detach", "--bundle", str(bundle(SLEEP)), cid)
     try:
@@ -74,10 +69,10 @@ def test_a_quiet_pod_holds_only_its_live_translations(
 
 
 def test_a_trimmed_guest_keeps_running_through_flushes(
-        runtime: Runtime, bundle, new_id, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        runtime: Runtime, bundle, new_id, vmrt_config: Callable[[str], Path]) -> None:
     """A 16 MiB cache flushes every few programs: each round writes new translations into
     pages the last trim released, wraps, and is trimmed again."""
-    _configure(tmp_path, monkeypatch, "tb_size_mib = 16\n")
+    vmrt_config("tb_size_mib = 16\n")
     cid = new_id()
     runtime.ok("run", "--detach", "--bundle", str(bundle(SLEEP)), cid)
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +31,10 @@ WATCH = ["sh", "-c", f"while :; do ({REPORT}) > /size.tmp; mv /size.tmp /size; s
 
 
 @pytest.fixture(autouse=True)
-def _vmrt_only(runtime: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _vmrt_only(runtime: Runtime, vmrt_config: Callable[[str], Path]) -> None:
     if not runtime.is_vmrt:
         pytest.skip("VM sizing is a VM runtime's notion; runc has none")
-    config = tmp_path / "config.toml"
-    config.write_text("vcpus = 1\nmemory_mib = 512\nmax_vcpus = 4\nmax_memory_mib = 2048\n")
-    monkeypatch.setenv("VMRT_CONFIG", str(config))
+    vmrt_config("vcpus = 1\nmemory_mib = 512\nmax_vcpus = 4\nmax_memory_mib = 2048\n")
 
 
 def limits(b: Path, *, cpus: float | None = None, memory_mib: int | None = None,

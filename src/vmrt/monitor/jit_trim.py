@@ -102,7 +102,7 @@ def punch(pid: int, used: int) -> int:
     return dead[1]
 
 
-async def trim(qmp: QMP, qemu_pid: int, trimmed_at: int) -> tuple[int, int]:
+async def release_dead(qmp: QMP, qemu_pid: int, trimmed_at: int) -> tuple[int, int]:
     """Release the dead part of the buffer if a flush since `trimmed_at` (a flush count)
     left one: (bytes released, the flush count it is trimmed at now)."""
     if (await _info(qmp)).flushes <= trimmed_at:
@@ -125,7 +125,7 @@ async def trim_once(sock: socket.socket, qemu_pid: int) -> int:
     qmp = QMP("vmrt-trim")
     await qmp.connect(sock)
     try:
-        released, _ = await trim(qmp, qemu_pid, 0)
+        released, _ = await release_dead(qmp, qemu_pid, 0)
         return released
     finally:
         await qmp.close()
@@ -148,7 +148,8 @@ class JitTrimmer:
     never a reason for a pod to fail."""
 
     def __init__(self, *, qmp: QMP, qemu_pid: Callable[[], int], lock: asyncio.Lock,
-                 spawn: Callable[[Coroutine[Any, Any, None]], None], log: Logger) -> None:
+                 spawn: Callable[[Coroutine[Any, Any, None]], None], log: Logger,
+                 enabled: bool = True) -> None:
         self._qmp = qmp
         self._qemu_pid = qemu_pid
         self._lock = lock
@@ -157,7 +158,7 @@ class JitTrimmer:
         self._trimmed_at = 0  # the flush count at the last trim
         self._timer: asyncio.TimerHandle | None = None
         self._deadline = 0.0  # LATEST_S after the first poke the pending trim answers
-        self.enabled = True
+        self.enabled = enabled
 
     def poke(self) -> None:
         if not self.enabled:
@@ -191,7 +192,8 @@ class JitTrimmer:
         """Release the dead part of the buffer if a flush left one; the bytes released."""
         async with self._lock:
             before = self._trimmed_at
-            released, self._trimmed_at = await trim(self._qmp, self._qemu_pid(), before)
+            released, self._trimmed_at = await release_dead(self._qmp, self._qemu_pid(),
+                                                            before)
         if self._trimmed_at != before:  # it looked, with the vCPU stopped
             self._log.debug("released dead translations", mib=released >> 20,
                             flushes=self._trimmed_at)

@@ -94,8 +94,8 @@ class Monitor:
                              sandbox_id=args.sandbox_id, cfg=self.cfg, accel=args.accel,
                              log=self.log)
         self.jit = JitTrimmer(qmp=self.qmp, qemu_pid=lambda: self.qemu.pid,
-                              lock=self.device_lock, spawn=self._spawn, log=self.log)
-        self.jit.enabled = args.accel == "tcg"
+                              lock=self.device_lock, spawn=self._spawn, log=self.log,
+                              enabled=args.accel == "tcg")  # KVM translates nothing
 
     # --- boot ----------------------------------------------------------------
 

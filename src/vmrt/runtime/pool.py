@@ -12,8 +12,9 @@ and that belong to no sandbox (`monitor/pooled.py` runs each). Layout: paths.py.
   become sandbox <sb>'s monitor, passing the pod's network namespace; the
   same process becomes it (no exec: the sandbox monitor's modules are imported
   already; QEMU stays its child) and reports "ready" on that connection exactly
-  as a freshly spawned monitor does on its pipe. If anything fails, the VM is killed and the create boots
-  a VM cold in the same directory: a pool problem costs time, never a create.
+  as a freshly spawned monitor does on its pipe. If anything fails, the VM is
+  killed and the create boots a VM cold in the same directory: a pool problem
+  costs time, never a create.
 * **refill** (`refill`, a second after every sandbox create): under `pool/.lock`,
   entries whose monitor died or that were booted from another image or
   configuration are taken out (renamed `.<vm>.gone`, then killed and removed),
